@@ -1,0 +1,70 @@
+/*
+ * linux-aio.h: Linux native AIO (libaio) for coroutines.
+ *
+ * One io context per AioContext, created on first use.  A coroutine calls
+ * laio_co_preadv()/laio_co_pwritev(); the control block lives on its
+ * stack; it yields until the completion arrives.  Submissions made during
+ * one loop iteration go to the kernel together in one io_submit(), from a
+ * BH that runs after the iteration's fd handlers; laio_plug()/unplug()
+ * hold submissions back longer.  Completions are signalled through an
+ * eventfd and reaped from the completion ring in user space.
+ *
+ * Files are expected to be opened with O_DIRECT (otherwise the kernel may
+ * block in io_submit).
+ */
+#ifndef CO_LINUX_AIO_H
+#define CO_LINUX_AIO_H
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "aio.h"
+
+/*
+ * The Linux AIO state of @ctx (the calling thread's context), created on
+ * first use.  NULL with errno set if io_setup() is unavailable; callers
+ * then fall back to the thread pool.  Home thread only.
+ */
+LinuxAioState *laio_get(AioContext *ctx);
+
+/* Free @s (no request may be in flight).  Called by aio_context_free. */
+void laio_cleanup(LinuxAioState *s);
+
+/*
+ * Read or write the whole of @iov at @offset.  Returns the byte count
+ * (always the full length) or -errno.  A short read (end of file) is
+ * completed with zeros; a short write is -ENOSPC.  Coroutine in the home
+ * thread of @s.
+ */
+ssize_t coroutine_fn laio_co_preadv(LinuxAioState *s, int fd,
+                                    const struct iovec *iov, int iovcnt,
+                                    off_t offset);
+ssize_t coroutine_fn laio_co_pwritev(LinuxAioState *s, int fd,
+                                     const struct iovec *iov, int iovcnt,
+                                     off_t offset);
+
+/* Hold submissions until the matching unplug (calls nest). */
+void laio_plug(LinuxAioState *s);
+void laio_unplug(LinuxAioState *s);
+
+/* Statistics for tests and benchmarks. */
+typedef struct LaioStats {
+    unsigned long submit_calls;     /* io_submit system calls */
+    unsigned long submitted;        /* iocbs submitted */
+    unsigned long eagain;           /* io_submit returned EAGAIN */
+    unsigned long completed;
+} LaioStats;
+void laio_stats(const LinuxAioState *s, LaioStats *st);
+
+/*
+ * For tests: the io_setup() size and the in-flight cap of contexts created
+ * from now on.  A cap above what the kernel accepts makes io_submit()
+ * return EAGAIN, which the submission path must survive.
+ */
+void laio_set_limits(unsigned setup_nr, unsigned max_inflight);
+
+/* Zero @iov from byte @from to its end. */
+void iov_memset_from(const struct iovec *iov, int iovcnt, size_t from);
+size_t iov_size(const struct iovec *iov, int iovcnt);
+
+#endif /* CO_LINUX_AIO_H */
