@@ -195,7 +195,7 @@ attach() {
     [ "$CONNS" -gt 1 ] && args+=(-connections "$CONNS")
     [ -n "$BS" ] && args+=(-b "$BS")
     [ "$NBD_NETLINK" = 0 ] && args+=(-nonetlink)
-    run 120 "nbd-client attach" nbd-client "${args[@]}"
+    run 60 "nbd-client attach" nbd-client "${args[@]}"
     for ((i = 0; i < 100; i++)); do
         size=$(blockdev --getsize64 "$DEV" 2>/dev/null) || size=0
         [ "$size" -eq "$IMG_BYTES" ] && break
@@ -317,7 +317,7 @@ setup_direct_disk() {
 
 run_variant() {
     local v=$1
-    TRANSPORT=unix CONNS=1 BS= CRASH=0 CACHE=$NBD_CACHE_WB DISK=
+    TRANSPORT=unix CONNS=1 BS='' CRASH=0 CACHE=$NBD_CACHE_WB DISK=''
     case $v in
     unix) ;;
     multiconn) CONNS=4 ;;

@@ -275,7 +275,8 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mount -t tmpfs -o mode=0755 run $R/run
-mount -t tmpfs -o mode=1777 tmp $R/tmp
+# /tmp stays the overlay: the host's files there (build trees, binaries) must
+# stay visible, and writes land in guest RAM anyway.
 
 # The full module tree, for busybox modprobe both here (kernel requests) and
 # in the new root (the command's own modprobe calls).
@@ -397,7 +398,7 @@ trap 'exit 143' TERM
 {
     echo '# written by run-in-vm.sh'
     for l in "${envlines[@]}"; do echo "$l"; done
-    echo "cd $(shell_quote "$PWD") || exit 125"
+    echo "cd $(shell_quote "$PWD") 2>/dev/null || { echo \"run-in-vm: no $(shell_quote "$PWD") in the guest; running in /\" >&2; cd /; }"
     printf '%s\n' "$command"
 } >"$ctl/cmd.sh"
 : >"$ctl/stdout"
@@ -406,6 +407,7 @@ trap 'exit 143' TERM
 
 qopt() { printf '%s' "${1//,/,,}"; } # QEMU escapes commas by doubling them
 
+# shellcheck disable=SC2054 # the commas are QEMU option syntax
 qemu_args=(
     -accel "$VM_ACCEL$([ "$VM_ACCEL" = tcg ] && echo ,thread=multi,tb-size=256)"
     -cpu "$([ "$VM_ACCEL" = tcg ] && echo max,la57=off || echo host)"
@@ -420,6 +422,7 @@ qemu_args=(
     -device virtio-9p-pci,fsdev=vmctl,mount_tag=vmctl
 )
 if [ -n "$scratch" ]; then
+    # shellcheck disable=SC2054
     qemu_args+=(
         -fsdev "local,id=scratch,path=$(qopt "$scratch"),security_model=none,multidevs=remap"
         -device virtio-9p-pci,fsdev=scratch,mount_tag=scratch
