@@ -158,8 +158,14 @@ fetch_kernel() {
     rm -rf "$dl" "$KDIR.new"
     mkdir -p "$dl"
     if ! (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2); then
-        rm -rf "$dl"
-        skip "apt-get download $pkg failed (no network or no mirror?)"
+        # Stale package lists name a file the mirror no longer has.
+        say "download failed; retrying after apt-get update"
+        apt-get update -qq >&2 || true
+        pkg=$(kernel_package_name)
+        if [ -z "$pkg" ] || ! (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2); then
+            rm -rf "$dl"
+            skip "apt-get download ${pkg:-linux-image-amd64} failed (no network or no mirror?)"
+        fi
     fi
     deb=$(ls "$dl"/*.deb)
     dpkg-deb -x "$deb" "$KDIR.new"
