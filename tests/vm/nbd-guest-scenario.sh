@@ -367,7 +367,7 @@ run_variant() {
         sync &
         local syncpid=$!
         sleep 0.3
-        stop_server KILL
+        stop_server KILL 2>/dev/null # no "Killed" job notice from bash
         shutdown_fs
         wait $syncpid
         run 60 "umount after the crash" umount "$MNT"
