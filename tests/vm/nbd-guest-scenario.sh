@@ -90,6 +90,32 @@ expand_template() {
     printf '%s' "$t"
 }
 
+# wait_for SECONDS CMD...: run CMD every 0.1 s until it succeeds; status 1
+# if it still fails after SECONDS of wall-clock time (not a count of tries:
+# under TCG on a loaded host every try is slow).
+wait_for() {
+    local end=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.1
+    done
+}
+
+server_gone() { ! kill -0 "$SPID" 2>/dev/null; }
+
+# Does the device have this size, in 512-byte sectors?
+dev_sectors_are() { [ "$(cat "/sys/block/${DEV#/dev/}/size")" = "$1" ]; }
+
+listening() {
+    if [ "$TRANSPORT" = unix ]; then
+        [ -S "$SOCK" ]
+    else
+        tcp_listening "$NBD_PORT"
+    fi
+}
+listening_or_gone() { listening || server_gone; }
+
 # Is something listening on TCP port $1 (IPv4 or IPv6)?
 tcp_listening() {
     local hex
@@ -112,7 +138,7 @@ server_connections() {
 }
 
 start_server() {
-    local tmpl cmd i
+    local tmpl cmd rc
     if [ "$TRANSPORT" = unix ]; then tmpl=$NBD_SERVER_UNIX; else tmpl=$NBD_SERVER_TCP; fi
     [ -n "$tmpl" ] || fail "no server template for transport $TRANSPORT"
     cmd=$(expand_template "$tmpl")
@@ -122,19 +148,13 @@ start_server() {
     (eval "exec $cmd") </dev/null >>"$W/server.log" 2>&1 &
     SPID=$!
     # Wait passively: connecting to probe would use up a one-shot server.
-    for ((i = 0; i < 300; i++)); do
-        if [ "$TRANSPORT" = unix ]; then
-            [ -S "$SOCK" ] && break
-        else
-            tcp_listening "$NBD_PORT" && break
-        fi
-        kill -0 "$SPID" 2>/dev/null || {
-            wait "$SPID"
-            fail "the server exited during startup (status $?)"
-        }
-        sleep 0.1
-    done
-    [ $i -lt 300 ] || fail "the server did not start listening within 30 s"
+    wait_for 30 listening_or_gone
+    if ! listening; then
+        server_gone || fail "the server did not start listening within 30 s"
+        rc=0
+        wait "$SPID" || rc=$?
+        fail "the server exited during startup (status $rc)"
+    fi
     # A server that daemonizes: follow its pid file if the template has one.
     if [ -s "$W/server.pid" ] && ! kill -0 "$SPID" 2>/dev/null; then
         SPID=$(cat "$W/server.pid")
@@ -145,32 +165,23 @@ start_server() {
 # stop_server [KILL]: let a one-shot server exit by itself, otherwise
 # terminate it.  With KILL, SIGKILL it at once (the crash variant).
 stop_server() {
-    local i rc how=exited
+    local rc how=exited
     [ -n "${SPID:-}" ] || return 0
     if [ "${1:-}" = KILL ]; then
         log "+ kill -KILL $SPID"
         kill -KILL "$SPID" 2>/dev/null
         how=killed
     else
-        if [ "$NBD_SERVER_ONESHOT" = 1 ]; then
-            for ((i = 0; i < 100; i++)); do
-                kill -0 "$SPID" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -0 "$SPID" 2>/dev/null &&
-                log "WARNING: one-shot server $SPID still running 10 s after its last client left"
+        if [ "$NBD_SERVER_ONESHOT" = 1 ] && ! wait_for 10 server_gone; then
+            log "WARNING: one-shot server $SPID still running 10 s after its last client left"
         fi
-        if kill -0 "$SPID" 2>/dev/null; then
+        if ! server_gone; then
             log "+ kill -TERM $SPID"
             kill -TERM "$SPID" 2>/dev/null
             how=terminated
         fi
     fi
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$SPID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SPID" 2>/dev/null; then
+    if ! wait_for 10 server_gone; then
         kill -KILL "$SPID" 2>/dev/null
         fail "the server ignored SIGTERM for 10 s"
     fi
@@ -185,7 +196,7 @@ stop_server() {
 }
 
 attach() {
-    local args i size
+    local args
     if [ "$TRANSPORT" = unix ]; then
         args=(-unix "$SOCK" "$DEV")
     else
@@ -196,14 +207,10 @@ attach() {
     [ -n "$BS" ] && args+=(-b "$BS")
     [ "$NBD_NETLINK" = 0 ] && args+=(-nonetlink)
     run 60 "nbd-client attach" nbd-client "${args[@]}"
-    for ((i = 0; i < 100; i++)); do
-        size=$(blockdev --getsize64 "$DEV" 2>/dev/null) || size=0
-        [ "$size" -eq "$IMG_BYTES" ] && break
-        sleep 0.1
-    done
-    [ "$size" -eq "$IMG_BYTES" ] || fail "$DEV has size $size, expected $IMG_BYTES"
+    wait_for 10 dev_sectors_are $((IMG_BYTES / 512)) ||
+        fail "$DEV has $(cat "/sys/block/${DEV#/dev/}/size") sectors, expected $((IMG_BYTES / 512))"
     local q=/sys/block/${DEV#/dev/}/queue
-    log "attached: size=$size logical_block_size=$(cat $q/logical_block_size)" \
+    log "attached: size=$IMG_BYTES logical_block_size=$(cat $q/logical_block_size)" \
         "discard_max_bytes=$(cat $q/discard_max_bytes)" \
         "flags=[$(tr '\n' ' ' </sys/kernel/debug/nbd/${DEV#/dev/}/flags 2>/dev/null)]"
     if [ -n "$BS" ] && [ "$(cat $q/logical_block_size)" != "$BS" ]; then
@@ -217,14 +224,16 @@ attach() {
     fi
 }
 
+# detach [mounted]: disconnect; unless the filesystem is still mounted
+# (the size is cleared only when the last user closes the device), wait for
+# the device to become empty.
 detach() {
-    local i
     run 60 "nbd-client detach" nbd-client -d "$DEV"
-    for ((i = 0; i < 100; i++)); do
-        [ "$(cat /sys/block/${DEV#/dev/}/size)" = 0 ] && break
-        sleep 0.1
-    done
-    [ "$(cat /sys/block/${DEV#/dev/}/size)" = 0 ] || fail "$DEV still has a size after detach"
+    [ "${1:-}" = mounted ] && return 0
+    wait_detached
+}
+wait_detached() {
+    wait_for 20 dev_sectors_are 0 || fail "$DEV still has a size 20 s after the detach"
 }
 
 # Write NBD_FILES files of 1 byte .. 64 KiB plus a few of 1-3 MiB, random
@@ -365,13 +374,22 @@ run_variant() {
         # that it dies with requests in flight.
         log "+ sync & (the late files)"
         sync &
-        local syncpid=$!
-        sleep 0.3
+        local syncpid=$! w=0 i
+        for ((i = 0; i < 300; i++)); do
+            read -r _ w </sys/block/${DEV#/dev/}/inflight
+            [ "$w" -gt 0 ] && break
+            sleep 0.01
+        done
+        log "writes in flight at the kill: $w"
         stop_server KILL 2>/dev/null # no "Killed" job notice from bash
         shutdown_fs
+        # Detach before the umount: a request the kernel had requeued after
+        # the send failed would otherwise wait for the client timeout (the
+        # disconnect fails every queued request at once).
+        detach mounted
         wait $syncpid
         run 60 "umount after the crash" umount "$MNT"
-        detach
+        wait_detached
         # I/O errors are expected from here to the detach: the device's
         # server is gone.  Only phase 2 must be clean.
         log "kernel messages after the kill (expected, not counted):"
