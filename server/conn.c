@@ -1,0 +1,1026 @@
+/*
+ * conn.c: a client connection, from accept to close.
+ *
+ *   main thread                      loop thread (the connection's home)
+ *   accept -> conn_start() --BH-->   main_co: handshake_co()
+ *                                             conn_transmission():
+ *                                      for each request header:
+ *                                        take a slot (wait if none free)
+ *                                        read the WRITE payload
+ *                                        co_enter(request_co)  --+
+ *                                      ...                      |
+ *                                    request_co: export I/O (may yield),
+ *                                      build the reply, queue it; the
+ *                                      send BH writes every queued reply
+ *                                      with one sendmsg; a sender
+ *                                      coroutine takes over only while the
+ *                                      socket is full
+ *
+ * Failures: a request the spec rejects gets its error reply (its payload
+ * drained first); an I/O error becomes that request's error reply; a
+ * framing error (bad magic), a broken socket or a stop drops the
+ * connection after the requests in flight finish.
+ */
+#include "conn.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CONN_MEM_BUDGET (128ull << 20)  /* request data per connection */
+#define BUF_CACHE_MAX (256 * 1024)      /* keep slot buffers up to this */
+#define HOLE_MIN_READ (128 * 1024)      /* look for holes in reads this big */
+#define BS_MAX_EXTENTS 4096             /* block status extents per reply */
+#define SEND_IOV_BATCH 256
+
+/* ---- the plain transport ---------------------------------------------- */
+
+static ssize_t plain_recv(Conn *c, void *buf, size_t len)
+{
+    ssize_t r = recv(c->fd, buf, len, 0);
+
+    return r < 0 ? -errno : r;
+}
+
+static ssize_t plain_sendv(Conn *c, const struct iovec *iov, int n)
+{
+    struct msghdr msg = {
+        .msg_iov = (struct iovec *)iov,
+        .msg_iovlen = n,
+    };
+    ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+
+    return r < 0 ? -errno : r;
+}
+
+static const Transport plain_transport = {
+    .recv = plain_recv,
+    .sendv = plain_sendv,
+};
+
+/* ---- connection registry (main thread <-> loops) ------------------------ */
+
+static GMutex conn_lock;
+static GQueue all_conns;        /* every live connection */
+static GQueue negotiating;      /* still negotiating, oldest first */
+
+enum {
+    STOP_NONE,
+    STOP_ABORT,                 /* drop now */
+    STOP_GRACEFUL,              /* finish requests in flight, flush, close */
+};
+
+typedef struct ConnExtra {
+    int stop_mode;              /* atomic */
+    bool in_neg_queue;          /* under conn_lock */
+} ConnExtra;
+
+/* Conn and its registry fields, kept together. */
+typedef struct ConnBox {
+    Conn conn;
+    ConnExtra x;
+} ConnBox;
+
+static ConnExtra *conn_extra(Conn *c)
+{
+    return &container_of(c, ConnBox, conn)->x;
+}
+
+/* ---- waiting and waking the main coroutine ------------------------------- */
+
+/* Yield until conn_wake(); callers re-check their condition. */
+static void coroutine_fn conn_wait(Conn *c)
+{
+    c->main_waiting = true;
+    co_yield();
+}
+
+static void conn_wake(Conn *c)
+{
+    if (c->main_waiting) {
+        c->main_waiting = false;
+        aio_co_enter(c->ctx, c->main_co);
+    }
+}
+
+/* Drop the connection: stop reading and writing, discard replies. */
+static void conn_abort(Conn *c)
+{
+    c->stopping = true;
+    aio_cofd_cancel(&c->cofd);
+    shutdown(c->fd, SHUT_RDWR);
+    conn_wake(c);
+}
+
+/* Stop reading requests; those in flight finish and are answered. */
+static void conn_stop_graceful(Conn *c)
+{
+    c->stopping = true;
+    c->stop_graceful = true;
+    aio_cofd_cancel_read(&c->cofd);
+    conn_wake(c);
+}
+
+static void stop_bh_cb(void *opaque)
+{
+    Conn *c = opaque;
+
+    if (c->negotiating ||
+        atomic_load_seq(&conn_extra(c)->stop_mode) == STOP_ABORT) {
+        conn_abort(c);
+    } else {
+        conn_stop_graceful(c);
+    }
+}
+
+/* Ask @c (any loop) to stop.  Caller holds conn_lock. */
+static void conn_request_stop(Conn *c, int mode)
+{
+    ConnExtra *x = conn_extra(c);
+
+    if (atomic_load_seq(&x->stop_mode) != STOP_ABORT) {
+        atomic_store_seq(&x->stop_mode, mode);
+    }
+    aio_bh_schedule(c->stop_bh);
+}
+
+void conn_shutdown_all(bool now)
+{
+    GList *l;
+
+    g_mutex_lock(&conn_lock);
+    for (l = all_conns.head; l; l = l->next) {
+        conn_request_stop(l->data, now ? STOP_ABORT : STOP_GRACEFUL);
+    }
+    g_mutex_unlock(&conn_lock);
+}
+
+/* ---- buffered I/O for coroutines ------------------------------------------ */
+
+int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
+{
+    uint8_t *dst = buf;
+
+    while (len > 0) {
+        size_t avail = c->in_end - c->in_start;
+        bool direct;
+        ssize_t r;
+
+        if (avail) {
+            size_t n = MIN(avail, len);
+
+            memcpy(dst, c->in + c->in_start, n);
+            c->in_start += n;
+            dst += n;
+            len -= n;
+            continue;
+        }
+        c->in_start = c->in_end = 0;
+        /* Big payloads go straight to their buffer: no extra copy. */
+        direct = len >= CONN_IN_SIZE / 2;
+        r = direct ? c->tr->recv(c, dst, len)
+                   : c->tr->recv(c, c->in, CONN_IN_SIZE);
+        if (r > 0) {
+            if (direct) {
+                dst += r;
+                len -= r;
+            } else {
+                c->in_end = r;
+            }
+        } else if (r == 0) {
+            return -EPIPE;
+        } else if (r == -EAGAIN) {
+            int ret = aio_cofd_wait_readable(&c->cofd);
+
+            if (ret < 0) {
+                return ret;
+            }
+        } else if (r != -EINTR) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn conn_discard(Conn *c, uint64_t len)
+{
+    uint8_t scratch[4096];
+
+    while (len > 0) {
+        size_t n = MIN(len, sizeof(scratch));
+        int r;
+
+        /* conn_read uses the input buffer; scratch sees only the tail. */
+        if (c->in_end > c->in_start) {
+            size_t avail = MIN(c->in_end - c->in_start, len);
+
+            c->in_start += avail;
+            len -= avail;
+            continue;
+        }
+        r = conn_read(c, scratch, n);
+        if (r < 0) {
+            return r;
+        }
+        len -= n;
+    }
+    return 0;
+}
+
+int coroutine_fn conn_writev(Conn *c, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t r = c->tr->sendv(c, iov, n);
+
+        if (r == -EAGAIN) {
+            int ret = aio_cofd_wait_writable(&c->cofd);
+
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+        if (r == -EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return r;
+        }
+        while (n > 0 && (size_t)r >= iov->iov_len) {
+            r -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + r;
+            iov->iov_len -= r;
+        }
+    }
+    return 0;
+}
+
+int coroutine_fn conn_write(Conn *c, const void *buf, size_t len)
+{
+    struct iovec iov = { (void *)buf, len };
+
+    return conn_writev(c, &iov, 1);
+}
+
+/* ---- request slots ---------------------------------------------------------- */
+
+/* Make r->buf hold at least @size bytes.  Returns -ENOMEM on failure. */
+static int slot_buf(NBDReq *r, size_t size)
+{
+    if (r->buf_size >= size) {
+        return 0;
+    }
+    free(r->buf);
+    r->buf = export_buf_alloc(size);
+    if (!r->buf) {
+        r->buf_size = 0;
+        return -ENOMEM;
+    }
+    r->buf_size = size;
+    return 0;
+}
+
+static NBDReq *slot_take(Conn *c)
+{
+    NBDReq *r = c->free_slots;
+
+    c->free_slots = r->next;
+    r->next = NULL;
+    r->niov = 0;
+    r->hdr_used = 0;
+    c->inflight++;
+    return r;
+}
+
+static void slot_charge(Conn *c, NBDReq *r, uint64_t bytes)
+{
+    r->mem = bytes;
+    c->mem_inflight += bytes;
+}
+
+static void slot_put(Conn *c, NBDReq *r)
+{
+    if (r->buf_size > BUF_CACHE_MAX) {
+        free(r->buf);
+        r->buf = NULL;
+        r->buf_size = 0;
+    }
+    c->mem_inflight -= r->mem;
+    r->mem = 0;
+    r->next = c->free_slots;
+    c->free_slots = r;
+    c->inflight--;
+    conn_wake(c);
+}
+
+/* ---- sending replies ------------------------------------------------------- */
+
+static size_t reply_len(const NBDReq *r)
+{
+    size_t n = 0;
+    int i;
+
+    for (i = 0; i < r->niov; i++) {
+        n += r->iov[i].iov_len;
+    }
+    return n;
+}
+
+/* The socket broke: log once, drop queued replies, stop the connection. */
+static void conn_fail(Conn *c, int err)
+{
+    NBDReq *r;
+
+    if (!c->dead) {
+        if (err == -EPIPE || err == -ECONNRESET) {
+            log_debug("%s: client went away while replies were pending",
+                      CONN_LOG(c));
+        } else if (err != -ECANCELED) {
+            log_warn("%s: sending a reply failed: %s", CONN_LOG(c),
+                     g_strerror(-err));
+        }
+    }
+    c->dead = true;
+    while ((r = c->sendq)) {
+        c->sendq = r->next;
+        slot_put(c, r);
+    }
+    c->sendq_tailp = &c->sendq;
+    c->sendq_off = 0;
+    c->stopping = true;
+    aio_cofd_cancel(&c->cofd);
+    conn_wake(c);
+}
+
+/*
+ * Send as much of the queue as the socket takes, many replies per system
+ * call.  Returns 0 when the queue is empty, -EAGAIN when the socket is
+ * full, or -errno after conn_fail().
+ */
+static int conn_flush_sendq(Conn *c)
+{
+    while (c->sendq) {
+        struct iovec iov[SEND_IOV_BATCH];
+        size_t skip = c->sendq_off, done;
+        NBDReq *r;
+        ssize_t w;
+        int n = 0;
+
+        for (r = c->sendq; r && n + r->niov <= SEND_IOV_BATCH; r = r->next) {
+            int i;
+
+            for (i = 0; i < r->niov; i++) {
+                char *base = r->iov[i].iov_base;
+                size_t len = r->iov[i].iov_len;
+
+                if (skip >= len) {
+                    skip -= len;
+                    continue;
+                }
+                iov[n].iov_base = base + skip;
+                iov[n].iov_len = len - skip;
+                skip = 0;
+                n++;
+            }
+        }
+        w = c->tr->sendv(c, iov, n);
+        if (w == -EAGAIN) {
+            return -EAGAIN;
+        }
+        if (w == -EINTR) {
+            continue;
+        }
+        if (w < 0) {
+            conn_fail(c, w);
+            return w;
+        }
+        done = c->sendq_off + w;
+        while ((r = c->sendq)) {
+            size_t len = reply_len(r);
+
+            if (done < len) {
+                break;
+            }
+            done -= len;
+            c->sendq = r->next;
+            if (!c->sendq) {
+                c->sendq_tailp = &c->sendq;
+            }
+            slot_put(c, r);
+        }
+        c->sendq_off = done;
+    }
+    return 0;
+}
+
+/* Waits for the socket to drain; exists only while it is full. */
+static void coroutine_fn sender_co(void *opaque)
+{
+    Conn *c = opaque;
+
+    for (;;) {
+        int r = aio_cofd_wait_writable(&c->cofd);
+
+        if (r < 0) {
+            conn_fail(c, r);
+            break;
+        }
+        if (conn_flush_sendq(c) != -EAGAIN) {
+            break;
+        }
+    }
+    c->sender = NULL;
+    conn_wake(c);
+}
+
+static void send_bh_cb(void *opaque)
+{
+    Conn *c = opaque;
+
+    if (c->sender || c->dead) {
+        return;
+    }
+    if (conn_flush_sendq(c) == -EAGAIN) {
+        c->sender = co_create(sender_co, c);
+        co_set_home(c->sender, c->ctx);
+        co_enter(c->sender);
+    }
+}
+
+/* Queue @r's reply; the send BH goes out after this loop iteration. */
+static void conn_queue_reply(Conn *c, NBDReq *r)
+{
+    if (c->dead) {
+        slot_put(c, r);
+        return;
+    }
+    r->next = NULL;
+    *c->sendq_tailp = r;
+    c->sendq_tailp = &r->next;
+    aio_bh_schedule(c->send_bh);
+}
+
+/* ---- building replies -------------------------------------------------------- */
+
+static void reply_hdr(NBDReq *r, size_t n)
+{
+    r->iov[r->niov].iov_base = r->hdr + r->hdr_used;
+    r->iov[r->niov].iov_len = n;
+    r->niov++;
+    r->hdr_used += n;
+}
+
+static void reply_data(NBDReq *r, void *data, size_t len)
+{
+    r->iov[r->niov].iov_base = data;
+    r->iov[r->niov].iov_len = len;
+    r->niov++;
+}
+
+/* Error reply with the NBD error @err and a short message. */
+static void reply_error(Conn *c, NBDReq *r, uint32_t err, const char *msg)
+{
+    r->niov = 0;
+    r->hdr_used = 0;
+    if (c->structured || c->extended) {
+        reply_hdr(r, nbd_chunk_error_encode(r->hdr, c->extended, &r->req,
+                                            NBD_REPLY_FLAG_DONE, err, msg));
+    } else {
+        reply_hdr(r, nbd_simple_reply_encode(r->hdr, r->req.cookie, err));
+    }
+}
+
+/* Success without data. */
+static void reply_ok(Conn *c, NBDReq *r)
+{
+    r->niov = 0;
+    r->hdr_used = 0;
+    if (c->extended) {
+        reply_hdr(r, nbd_chunk_none_encode(r->hdr, true, &r->req));
+    } else {
+        reply_hdr(r, nbd_simple_reply_encode(r->hdr, r->req.cookie, 0));
+    }
+}
+
+/* An operation failed with -errno @ret: log the real error, reply. */
+static void reply_io_error(Conn *c, NBDReq *r, int ret)
+{
+    char msg[128];
+
+    log_warn("%s: %s at offset %" PRIu64 " length %" PRIu64 " failed: %s",
+             CONN_LOG(c), nbd_cmd_name(r->req.type), r->req.offset,
+             r->req.length, g_strerror(-ret));
+    snprintf(msg, sizeof(msg), "%s failed: %s", nbd_cmd_name(r->req.type),
+             g_strerror(-ret));
+    reply_error(c, r, nbd_errno_to_nbd(-ret), msg);
+}
+
+static void reply_status(Conn *c, NBDReq *r, long ret)
+{
+    if (ret < 0) {
+        reply_io_error(c, r, ret);
+    } else {
+        reply_ok(c, r);
+    }
+}
+
+/* ---- commands ----------------------------------------------------------------- */
+
+static void coroutine_fn do_read(Conn *c, NBDReq *r)
+{
+    Export *e = c->exp;
+    uint64_t off = r->req.offset, len = r->req.length;
+    Extent ext[READ_MAX_SEGMENTS];
+    struct iovec iov;
+    int n = 0, i;
+    ssize_t ret;
+    bool holes = false;
+
+    if (slot_buf(r, len) < 0) {
+        reply_io_error(c, r, -ENOMEM);
+        return;
+    }
+    if (c->structured && !(r->req.flags & NBD_CMD_FLAG_DF) &&
+        len >= HOLE_MIN_READ) {
+        n = export_block_status(e, off, len, ext, READ_MAX_SEGMENTS);
+        for (i = 0; i < n; i++) {
+            holes |= (ext[i].flags & NBD_STATE_HOLE) != 0;
+        }
+    }
+
+    if (!holes) {
+        iov.iov_base = r->buf;
+        iov.iov_len = len;
+        ret = export_co_preadv(e, &iov, 1, off);
+        if (ret < 0) {
+            reply_io_error(c, r, ret);
+            return;
+        }
+        if (c->structured) {
+            reply_hdr(r, nbd_chunk_data_encode(r->hdr + r->hdr_used,
+                                               c->extended, &r->req,
+                                               NBD_REPLY_FLAG_DONE, off,
+                                               len));
+        } else {
+            reply_hdr(r, nbd_simple_reply_encode(r->hdr, r->req.cookie, 0));
+        }
+        reply_data(r, r->buf, len);
+        return;
+    }
+
+    /* Data extents are read; holes become OFFSET_HOLE chunks. */
+    {
+        uint64_t pos = off, covered = 0;
+
+        for (i = 0; i < n; i++) {
+            covered += ext[i].length;
+        }
+        if (covered < len) {
+            /* The extent list stopped short: the rest is read as data. */
+            if (n < READ_MAX_SEGMENTS) {
+                ext[n].length = len - covered;
+                ext[n].flags = 0;
+                n++;
+            } else {
+                ext[n - 1].length += len - covered;
+                ext[n - 1].flags = 0;
+            }
+        }
+        for (i = 0; i < n; i++) {
+            if (!(ext[i].flags & NBD_STATE_HOLE)) {
+                iov.iov_base = r->buf + (pos - off);
+                iov.iov_len = ext[i].length;
+                ret = export_co_preadv(e, &iov, 1, pos);
+                if (ret < 0) {
+                    reply_io_error(c, r, ret);
+                    return;
+                }
+            }
+            pos += ext[i].length;
+        }
+        pos = off;
+        for (i = 0; i < n; i++) {
+            uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+
+            if (ext[i].flags & NBD_STATE_HOLE) {
+                reply_hdr(r, nbd_chunk_hole_encode(r->hdr + r->hdr_used,
+                                                   c->extended, &r->req,
+                                                   flags, pos,
+                                                   ext[i].length));
+            } else {
+                reply_hdr(r, nbd_chunk_data_encode(r->hdr + r->hdr_used,
+                                                   c->extended, &r->req,
+                                                   flags, pos,
+                                                   ext[i].length));
+                reply_data(r, r->buf + (pos - off), ext[i].length);
+            }
+            pos += ext[i].length;
+        }
+    }
+}
+
+static void coroutine_fn do_block_status(Conn *c, NBDReq *r, uint64_t len)
+{
+    Export *e = c->exp;
+    int max = (r->req.flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+    size_t desc_size = c->extended ? 16 : 8;
+    uint32_t id = nbd_meta_context_id(NBD_META_BASE_ALLOCATION);
+    Extent *ext;
+    uint8_t *desc;
+    int n, i;
+
+    if (slot_buf(r, max * (sizeof(Extent) + desc_size)) < 0) {
+        reply_io_error(c, r, -ENOMEM);
+        return;
+    }
+    ext = (Extent *)r->buf;
+    desc = r->buf + max * sizeof(Extent);
+    n = export_block_status(e, r->req.offset, len, ext, max);
+    if (n < 0) {
+        reply_io_error(c, r, n);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t l = ext[i].length;
+
+        if (!c->extended && l > UINT32_MAX) {
+            /* A 32-bit descriptor: stop at the largest aligned length. */
+            l = UINT32_MAX / e->min_block * e->min_block;
+            n = i + 1;
+        }
+        if (c->extended) {
+            nbd_extent_ext_encode(desc + i * desc_size, l, ext[i].flags);
+        } else {
+            nbd_extent_encode(desc + i * desc_size, l, ext[i].flags);
+        }
+    }
+    if (c->extended) {
+        reply_hdr(r, nbd_chunk_block_status_ext_encode(r->hdr, &r->req,
+                                                       NBD_REPLY_FLAG_DONE,
+                                                       id, n));
+    } else {
+        reply_hdr(r, nbd_chunk_block_status_encode(r->hdr, false, &r->req,
+                                                   NBD_REPLY_FLAG_DONE,
+                                                   id, n));
+    }
+    reply_data(r, desc, n * desc_size);
+}
+
+/* BLOCK_STATUS with a payload (extended headers): check it, then serve. */
+static void coroutine_fn do_block_status_payload(Conn *c, NBDReq *r,
+                                                 uint64_t payload)
+{
+    NBDBlockStatusPayload p;
+    uint32_t want = 0, err;
+
+    if (nbd_bs_payload_decode(r->buf, payload, &p) < 0) {
+        reply_error(c, r, NBD_EINVAL, "malformed block status payload");
+        return;
+    }
+    err = nbd_bs_payload_check(&r->req, &c->sess, &p, &want);
+    if (err) {
+        reply_error(c, r, err, "invalid block status payload");
+        return;
+    }
+    if (!(want & (1u << NBD_META_BASE_ALLOCATION))) {
+        reply_ok(c, r);
+        return;
+    }
+    do_block_status(c, r, p.effect_length);
+}
+
+static void coroutine_fn request_co(void *opaque)
+{
+    NBDReq *r = opaque;
+    Conn *c = r->conn;
+    Export *e = c->exp;
+    uint64_t off = r->req.offset, len = r->req.length;
+    bool fua = r->req.flags & NBD_CMD_FLAG_FUA;
+    struct iovec iov;
+    long ret;
+
+    switch (r->req.type) {
+    case NBD_CMD_READ:
+        do_read(c, r);
+        break;
+    case NBD_CMD_WRITE:
+        iov.iov_base = r->buf;
+        iov.iov_len = len;
+        ret = export_co_pwritev(e, &iov, 1, off, fua);
+        reply_status(c, r, ret);
+        break;
+    case NBD_CMD_FLUSH:
+        reply_status(c, r, export_co_flush(e));
+        break;
+    case NBD_CMD_TRIM:
+        reply_status(c, r, export_co_trim(e, off, len, fua));
+        break;
+    case NBD_CMD_WRITE_ZEROES:
+        ret = export_co_zero(e, off, len,
+                             !(r->req.flags & NBD_CMD_FLAG_NO_HOLE),
+                             r->req.flags & NBD_CMD_FLAG_FAST_ZERO, fua);
+        if (ret == -ENOTSUP && (r->req.flags & NBD_CMD_FLAG_FAST_ZERO)) {
+            /* Expected: the client falls back to writing; no log. */
+            reply_error(c, r, NBD_ENOTSUP, "no fast way to zero");
+        } else {
+            reply_status(c, r, ret);
+        }
+        break;
+    case NBD_CMD_CACHE:
+        reply_status(c, r, export_co_cache(e, off, len));
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        if (r->req.flags & NBD_CMD_FLAG_PAYLOAD_LEN) {
+            do_block_status_payload(c, r, len);
+        } else {
+            do_block_status(c, r, len);
+        }
+        break;
+    default:
+        /* nbd_request_check() let through only the commands above. */
+        reply_error(c, r, NBD_EINVAL, "unknown command");
+        break;
+    }
+    conn_queue_reply(c, r);
+}
+
+/* A short message for a request nbd_request_check() refused. */
+static const char *check_message(uint32_t err, const NBDRequest *req)
+{
+    switch (err) {
+    case NBD_EPERM:
+        return "the export is read-only";
+    case NBD_ENOSPC:
+        return "request goes past the end of the export";
+    case NBD_EOVERFLOW:
+        return "request too large";
+    default:
+        break;
+    }
+    switch (req->type) {
+    case NBD_CMD_READ: case NBD_CMD_WRITE: case NBD_CMD_FLUSH:
+    case NBD_CMD_TRIM: case NBD_CMD_CACHE: case NBD_CMD_WRITE_ZEROES:
+    case NBD_CMD_BLOCK_STATUS:
+        return "invalid request: bad flags, range, alignment or size";
+    default:
+        return "unknown command";
+    }
+}
+
+/* ---- transmission ------------------------------------------------------------ */
+
+static void coroutine_fn conn_transmission(Conn *c)
+{
+    size_t hsize = nbd_request_size(c->extended);
+    uint8_t hbuf[NBD_EXT_REQUEST_SIZE];
+    unsigned i;
+
+    c->nslots = server.cfg->max_inflight;
+    c->slots = g_new0(NBDReq, c->nslots);
+    for (i = 0; i < c->nslots; i++) {
+        c->slots[i].conn = c;
+        c->slots[i].next = i + 1 < c->nslots ? &c->slots[i + 1] : NULL;
+    }
+    c->free_slots = &c->slots[0];
+    c->sendq_tailp = &c->sendq;
+    c->send_bh = aio_bh_new(c->ctx, send_bh_cb, c, "nbd-send", 0);
+
+    while (!c->stopping) {
+        NBDRequest req;
+        NBDCheck chk;
+        uint64_t need;
+        uint32_t err;
+        NBDReq *r;
+        Coroutine *co;
+        int ret;
+
+        while (!c->free_slots && !c->stopping) {
+            conn_wait(c);
+        }
+        if (c->stopping) {
+            break;
+        }
+        ret = conn_read(c, hbuf, hsize);
+        if (ret < 0) {
+            if (ret != -EPIPE && ret != -ECANCELED && ret != -ECONNRESET) {
+                log_warn("%s: reading a request failed: %s", CONN_LOG(c),
+                         g_strerror(-ret));
+            }
+            break;
+        }
+        if (nbd_request_decode(hbuf, c->extended, &req) < 0) {
+            log_warn("%s: bad request magic: dropping the connection",
+                     CONN_LOG(c));
+            break;
+        }
+        err = nbd_request_check(&req, &c->sess, &chk);
+        if (unlikely(log_verbosity > 0)) {
+            char flags[NBD_CMD_FLAGS_STRLEN];
+
+            nbd_cmd_flags_format(req.flags, flags, sizeof(flags));
+            log_debug_msg("%s: %s flags=%s offset=%" PRIu64 " length=%"
+                          PRIu64 "%s%s", CONN_LOG(c), nbd_cmd_name(req.type),
+                          flags, req.offset, req.length, err ? " -> " : "",
+                          err ? nbd_err_name(err) : "");
+        }
+        if (chk.disconnect) {
+            break;
+        }
+        r = slot_take(c);
+        r->req = req;
+        if (err) {
+            if (chk.payload && conn_discard(c, chk.payload) < 0) {
+                slot_put(c, r);
+                break;
+            }
+            reply_error(c, r, err, check_message(err, &req));
+            conn_queue_reply(c, r);
+            continue;
+        }
+
+        /* Memory: wait while other requests hold the budget. */
+        need = req.type == NBD_CMD_READ ? req.length : chk.payload;
+        while (c->mem_inflight + need > CONN_MEM_BUDGET && c->inflight > 1 &&
+               !c->stopping) {
+            conn_wait(c);
+        }
+        slot_charge(c, r, need);
+        if (chk.payload) {
+            if (slot_buf(r, chk.payload) < 0) {
+                ret = conn_discard(c, chk.payload);
+                reply_io_error(c, r, -ENOMEM);
+                conn_queue_reply(c, r);
+                if (ret < 0) {
+                    break;
+                }
+                continue;
+            }
+            ret = conn_read(c, r->buf, chk.payload);
+            if (ret < 0) {
+                slot_put(c, r);
+                break;
+            }
+        }
+        co = co_create(request_co, r);
+        co_set_home(co, c->ctx);
+        co_enter(co);
+    }
+
+    /* No more requests: let those in flight finish and their replies go. */
+    c->stopping = true;
+    aio_cofd_cancel_read(&c->cofd);
+    while (c->inflight > 0 || c->sender) {
+        conn_wait(c);
+    }
+    if (c->stop_graceful && !c->exp->read_only) {
+        int r = export_co_flush(c->exp);
+
+        if (r < 0) {
+            log_error("%s: flush at shutdown failed: %s", CONN_LOG(c),
+                      g_strerror(-r));
+        }
+    }
+    aio_bh_delete(c->send_bh);
+    c->send_bh = NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------------- */
+
+static void handshake_timeout(void *opaque)
+{
+    Conn *c = opaque;
+
+    log_info("%s: negotiation not finished after %u s: dropping the client",
+             CONN_LOG(c), server.cfg->handshake_limit);
+    conn_abort(c);
+}
+
+static void conn_leave_negotiation(Conn *c)
+{
+    ConnExtra *x = conn_extra(c);
+
+    if (!c->negotiating) {
+        return;
+    }
+    c->negotiating = false;
+    aio_timer_del(&c->handshake_timer);
+    g_mutex_lock(&conn_lock);
+    if (x->in_neg_queue) {
+        g_queue_unlink(&negotiating, &c->neg_link);
+        x->in_neg_queue = false;
+    }
+    g_mutex_unlock(&conn_lock);
+    atomic_fetch_sub(&server.conns_negotiating, 1);
+}
+
+static void conn_free(Conn *c)
+{
+    unsigned i;
+
+    g_mutex_lock(&conn_lock);
+    g_queue_unlink(&all_conns, &c->all_link);
+    g_mutex_unlock(&conn_lock);
+    /* Nobody can schedule it any more: delete it (it will not run). */
+    aio_bh_delete(c->stop_bh);
+
+    aio_cofd_destroy(&c->cofd);
+    close(c->fd);
+    for (i = 0; i < c->nslots; i++) {
+        free(c->slots[i].buf);
+    }
+    g_free(c->slots);
+    g_free(c->in);
+    g_free(c->peer);
+    g_free(container_of(c, ConnBox, conn));
+}
+
+static void coroutine_fn conn_main_co(void *opaque)
+{
+    Conn *c = opaque;
+    AioContext *ctx = c->ctx;
+    int ret;
+
+    if (server.cfg->handshake_limit) {
+        aio_timer_init(ctx, &c->handshake_timer, handshake_timeout, c);
+        aio_timer_mod(&c->handshake_timer,
+                      clock_ns() + server.cfg->handshake_limit * 1000000000LL);
+    }
+    ret = handshake_co(c);
+    conn_leave_negotiation(c);
+    if (ret == 0) {
+        log_info("%s: serving export '%s'%s", CONN_LOG(c), c->exp->name,
+                 c->extended ? " (extended headers)" :
+                 c->structured ? " (structured replies)" : "");
+        conn_transmission(c);
+    }
+    log_info("%s: disconnected", CONN_LOG(c));
+    conn_free(c);
+    server_conn_closed();
+    aio_context_unref(ctx);
+}
+
+static void conn_start_bh(void *opaque)
+{
+    Conn *c = opaque;
+
+    if (aio_cofd_init(&c->cofd, c->ctx, c->fd) < 0) {
+        log_error("%s: cannot watch the socket: %s", CONN_LOG(c),
+                  g_strerror(errno));
+        conn_leave_negotiation(c);
+        conn_free(c);
+        server_conn_closed();
+        aio_context_unref(c->ctx);
+        return;
+    }
+    c->main_co = co_create(conn_main_co, c);
+    co_set_home(c->main_co, c->ctx);
+    co_enter(c->main_co);
+}
+
+void conn_start(AioContext *ctx, int fd, const char *peer)
+{
+    ConnBox *box = g_new0(ConnBox, 1);
+    Conn *c = &box->conn;
+    Conn *victim = NULL;
+
+    c->ctx = ctx;
+    c->fd = fd;
+    c->peer = g_strdup(peer);
+    c->tr = &plain_transport;
+    c->in = g_malloc(CONN_IN_SIZE);
+    c->negotiating = true;
+    c->stop_bh = aio_bh_new(ctx, stop_bh_cb, c, "conn-stop", 0);
+    c->all_link.data = c;
+    c->neg_link.data = c;
+
+    atomic_fetch_add(&server.conns_negotiating, 1);
+    g_mutex_lock(&conn_lock);
+    g_queue_push_tail_link(&all_conns, &c->all_link);
+    g_queue_push_tail_link(&negotiating, &c->neg_link);
+    box->x.in_neg_queue = true;
+    if (negotiating.length > server.cfg->max_handshakes) {
+        /* Too many half-open connections: the oldest makes room. */
+        GList *old = negotiating.head;
+
+        victim = old->data;
+        g_queue_unlink(&negotiating, old);
+        conn_extra(victim)->in_neg_queue = false;
+        conn_request_stop(victim, STOP_ABORT);
+    }
+    g_mutex_unlock(&conn_lock);
+    if (victim) {
+        log_info("too many clients negotiating (%u): dropped the oldest",
+                 server.cfg->max_handshakes);
+    }
+
+    aio_context_ref(ctx);
+    aio_bh_schedule_oneshot(ctx, conn_start_bh, c, "conn-start");
+}

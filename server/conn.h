@@ -1,0 +1,118 @@
+/*
+ * conn.h: connection internals shared by conn.c (transmission) and
+ * handshake.c (negotiation).  Everything here runs in the connection's
+ * loop thread.
+ */
+#ifndef RAWNBD_CONN_H
+#define RAWNBD_CONN_H
+
+#include "server.h"
+
+#define CONN_IN_SIZE (64 * 1024)        /* receive buffer */
+#define REPLY_HDR_SIZE 512              /* chunk headers of one reply */
+#define READ_MAX_SEGMENTS 8             /* data/hole chunks per READ */
+#define REQ_IOV_MAX (2 * READ_MAX_SEGMENTS + 2)
+
+typedef struct NBDReq NBDReq;
+
+/*
+ * The byte stream under the protocol: plain socket, or TLS later.  All
+ * calls are non-blocking: -EAGAIN means wait (readable for recv, writable
+ * for sendv).
+ */
+typedef struct Transport {
+    /* Returns bytes read, 0 at end of stream, or -errno. */
+    ssize_t (*recv)(Conn *c, void *buf, size_t len);
+    /* Returns bytes sent (possibly fewer than asked) or -errno. */
+    ssize_t (*sendv)(Conn *c, const struct iovec *iov, int n);
+} Transport;
+
+/* One request in flight, from its header until its reply is sent. */
+struct NBDReq {
+    Conn *conn;
+    NBDRequest req;
+    uint8_t *buf;                   /* data; cached between requests */
+    size_t buf_size;
+    uint64_t mem;                   /* bytes counted in conn->mem_inflight */
+    struct iovec iov[REQ_IOV_MAX];  /* the reply */
+    int niov;
+    uint8_t hdr[REPLY_HDR_SIZE];    /* reply headers the iov points into */
+    size_t hdr_used;
+    NBDReq *next;                   /* free list or send queue */
+};
+
+struct Conn {
+    AioContext *ctx;
+    int fd;
+    char *peer;
+    const Transport *tr;
+    AioCoFd cofd;
+    Coroutine *main_co;             /* handshake, then the receive loop */
+    bool main_waiting;              /* main_co waits in conn_wait() */
+
+    /* Buffered input: bytes [in_start, in_end) are unread. */
+    uint8_t *in;
+    size_t in_start, in_end;
+
+    /* Negotiated state. */
+    bool no_zeroes;
+    bool structured;
+    bool extended;
+    uint32_t meta;                  /* selected contexts (mask) */
+    Export *meta_export;            /* export those were selected for */
+    Export *exp;                    /* in transmission */
+    NBDSession sess;
+
+    /* Handshake limits. */
+    bool negotiating;
+    AioTimer handshake_timer;
+    GList neg_link;                 /* in the global negotiating queue */
+    GList all_link;                 /* in the global connection list */
+    AioBH *stop_bh;                 /* main thread asks us to stop */
+    bool stop_graceful;
+
+    /* Transmission. */
+    NBDReq *slots;
+    unsigned nslots;
+    NBDReq *free_slots;
+    unsigned inflight;              /* slots taken */
+    uint64_t mem_inflight;
+    NBDReq *sendq;                  /* replies to send, FIFO */
+    NBDReq **sendq_tailp;
+    size_t sendq_off;               /* bytes of sendq head already sent */
+    AioBH *send_bh;
+    Coroutine *sender;              /* waits for writability, or NULL */
+    bool dead;                      /* the socket failed: drop replies */
+    bool stopping;                  /* no new requests */
+};
+
+/* ---- conn.c helpers used by the handshake ---------------------------- */
+
+/*
+ * Read exactly @len bytes.  Returns 0, -EPIPE at end of stream (or before
+ * @len bytes), -ECANCELED if the connection is being stopped, or -errno.
+ */
+int coroutine_fn conn_read(Conn *c, void *buf, size_t len);
+
+/* Read and discard @len bytes.  Same returns. */
+int coroutine_fn conn_discard(Conn *c, uint64_t len);
+
+/* Write all of @iov (blocking the coroutine).  0 or -errno. */
+int coroutine_fn conn_writev(Conn *c, struct iovec *iov, int n);
+int coroutine_fn conn_write(Conn *c, const void *buf, size_t len);
+
+/* Log prefix: the peer. */
+#define CONN_LOG(c) (c)->peer
+
+/* ---- handshake.c ----------------------------------------------------- */
+
+/*
+ * Negotiate.  Returns 0 with c->exp set when the client enters
+ * transmission, or -errno when the connection must close.
+ */
+int coroutine_fn handshake_co(Conn *c);
+
+/* The transmission flags for @e as negotiated on @c. */
+uint16_t conn_tflags(const Conn *c, const Export *e);
+
+#endif /* RAWNBD_CONN_H */

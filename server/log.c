@@ -1,0 +1,70 @@
+/*
+ * log.c: one line per message, to stderr or syslog.
+ */
+#include "server.h"
+
+#include <stdio.h>
+#include <syslog.h>
+#include <time.h>
+
+int log_verbosity;
+
+G_DEFINE_QUARK(rawnbd-error-quark, rawnbd_error)
+static LogTarget target = LOG_TARGET_STDERR;
+
+void log_init(LogTarget t)
+{
+    target = t;
+    if (t == LOG_TARGET_SYSLOG) {
+        openlog("rawnbd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    }
+}
+
+static void vlog(int prio, const char *tag, const char *fmt, va_list ap)
+{
+    char msg[1024];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (target == LOG_TARGET_SYSLOG) {
+        syslog(prio, "%s", msg);
+    } else {
+        /* One fprintf per line, so lines from loops do not interleave. */
+        fprintf(stderr, "rawnbd: %s%s\n", tag, msg);
+    }
+}
+
+void log_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_ERR, "error: ", fmt, ap);
+    va_end(ap);
+}
+
+void log_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_WARNING, "warning: ", fmt, ap);
+    va_end(ap);
+}
+
+void log_info(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_INFO, "", fmt, ap);
+    va_end(ap);
+}
+
+void log_debug_msg(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vlog(LOG_DEBUG, "debug: ", fmt, ap);
+    va_end(ap);
+}

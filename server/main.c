@@ -1,0 +1,280 @@
+/*
+ * main.c: start-up, signals, shutdown.
+ *
+ * Exit status: 0 after a clean stop (signal, or the last client leaving
+ * without --persistent); 1 if the image cannot be opened or the server
+ * cannot listen; 2 for bad usage.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "coro/thread-pool.h"
+
+#define SHUTDOWN_GRACE_NS (10ll * 1000 * 1000 * 1000)
+
+Server server;
+
+static bool quit;               /* main thread: leave the main loop */
+static bool stopping;           /* main thread: shutdown in progress */
+static AioTimer grace_timer;
+static int signal_fd = -1;
+static AioHandler *signal_handler;
+
+Export *server_find_export(const char *name, size_t len)
+{
+    unsigned i;
+
+    for (i = 0; i < server.nexports; i++) {
+        Export *e = &server.exports[i];
+
+        if (strlen(e->name) == len && memcmp(e->name, name, len) == 0) {
+            return e;
+        }
+    }
+    /* The empty name means the default export, the first. */
+    return len == 0 && server.nexports ? &server.exports[0] : NULL;
+}
+
+/* ---- connection accounting ---------------------------------------------- */
+
+void server_conn_opened(void)
+{
+    unsigned live = atomic_fetch_add(&server.conns_live, 1) + 1;
+
+    if (server.cfg->shared && live >= server.cfg->shared) {
+        listen_pause(true);
+    }
+}
+
+static void conn_closed_bh(void *opaque)
+{
+    unsigned live = atomic_load_seq(&server.conns_live);
+
+    if (!stopping && server.cfg->shared && live < server.cfg->shared) {
+        listen_pause(false);
+    }
+    if (live == 0 && (stopping || !server.cfg->persistent)) {
+        quit = true;
+    }
+}
+
+void server_conn_closed(void)
+{
+    atomic_fetch_sub(&server.conns_live, 1);
+    aio_bh_schedule_oneshot(server.main_ctx, conn_closed_bh, NULL,
+                            "conn-closed");
+}
+
+/* ---- shutdown --------------------------------------------------------- */
+
+static void grace_expired(void *opaque)
+{
+    log_warn("clients still connected after %lld s: dropping them",
+             SHUTDOWN_GRACE_NS / 1000000000);
+    conn_shutdown_all(true);
+}
+
+static void begin_shutdown(const char *why)
+{
+    if (stopping) {
+        /* A second signal: do not wait for requests in flight. */
+        log_info("%s again: dropping clients now", why);
+        conn_shutdown_all(true);
+        return;
+    }
+    log_info("%s: finishing requests in flight, then exiting", why);
+    stopping = true;
+    atomic_store_seq(&server.shutting_down, true);
+    listen_stop();
+    conn_shutdown_all(false);
+    aio_timer_mod(&grace_timer, clock_ns() + SHUTDOWN_GRACE_NS);
+    if (atomic_load_seq(&server.conns_live) == 0) {
+        quit = true;
+    }
+}
+
+static void signal_read(void *opaque)
+{
+    struct signalfd_siginfo si;
+
+    while (read(signal_fd, &si, sizeof(si)) == sizeof(si)) {
+        switch (si.ssi_signo) {
+        case SIGINT:
+            begin_shutdown("interrupted");
+            break;
+        case SIGTERM:
+            begin_shutdown("terminated");
+            break;
+        case SIGHUP:
+            log_info("SIGHUP ignored: logs go to %s and need no reopening",
+                     server.cfg->log_target == LOG_TARGET_SYSLOG
+                     ? "syslog" : "stderr");
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void setup_signals(AioContext *ctx)
+{
+    sigset_t set;
+
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (signal_fd < 0) {
+        fprintf(stderr, "rawnbd: signalfd: %s\n", g_strerror(errno));
+        exit(1);
+    }
+    signal_handler = aio_fd_add(ctx, signal_fd, signal_read, NULL, NULL, 0);
+}
+
+/* Many clients need many descriptors: raise the soft limit to the hard. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void write_pid_file(const char *path)
+{
+    char *s = g_strdup_printf("%d\n", getpid());
+    GError *err = NULL;
+
+    if (!g_file_set_contents(path, s, -1, &err)) {
+        fprintf(stderr, "rawnbd: cannot write pid file: %s\n", err->message);
+        exit(1);
+    }
+    g_free(s);
+}
+
+/* Fork; the parent exits 0 (we already listen), the child goes on. */
+static void daemonize(void)
+{
+    pid_t pid = fork();
+    int devnull;
+
+    if (pid < 0) {
+        fprintf(stderr, "rawnbd: fork: %s\n", g_strerror(errno));
+        exit(1);
+    }
+    if (pid > 0) {
+        _exit(0);
+    }
+    setsid();
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull >= 0) {
+        dup2(devnull, STDIN_FILENO);
+        dup2(devnull, STDOUT_FILENO);
+        close(devnull);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    ServerConfig cfg;
+    GError *err = NULL;
+    char *uri;
+    unsigned i;
+
+    cli_parse(argc, argv, &cfg);
+    server.cfg = &cfg;
+    log_init(cfg.log_target);
+    raise_fd_limit();
+
+    server.nexports = cfg.exports->len;
+    server.exports = g_new0(Export, server.nexports);
+    for (i = 0; i < server.nexports; i++) {
+        if (!export_open(&server.exports[i],
+                         g_ptr_array_index(cfg.exports, i), &cfg, &err)) {
+            fprintf(stderr, "rawnbd: %s\n", err->message);
+            return 1;
+        }
+    }
+
+    server.main_ctx = aio_context_new();
+    if (!server.main_ctx) {
+        fprintf(stderr, "rawnbd: cannot create the event loop: %s\n",
+                g_strerror(errno));
+        return 1;
+    }
+    aio_context_set_current(server.main_ctx);
+    aio_timer_init(server.main_ctx, &grace_timer, grace_expired, NULL);
+    if (!listen_start(server.main_ctx, &err)) {
+        fprintf(stderr, "rawnbd: %s\n", err->message);
+        return 1;
+    }
+
+    uri = listen_uri();
+    log_info("serving '%s' (%" PRIu64 " bytes%s) at %s",
+             server.exports[0].path, server.exports[0].size,
+             server.exports[0].read_only ? ", read-only" : "", uri);
+    if (cfg.print_uri) {
+        printf("%s\n", uri);
+        fflush(stdout);
+    }
+    g_free(uri);
+
+    if (cfg.fork) {
+        daemonize();
+    }
+    if (cfg.pid_file) {
+        write_pid_file(cfg.pid_file);
+    }
+    setup_signals(server.main_ctx);
+
+    server.loops = aio_loops_start(cfg.threads, cfg.pin);
+    if (!server.loops) {
+        fprintf(stderr, "rawnbd: cannot start event loops: %s\n",
+                g_strerror(errno));
+        return 1;
+    }
+
+    while (!quit) {
+        aio_poll(server.main_ctx, true);
+    }
+
+    if (!stopping) {
+        log_info("last client disconnected: exiting");
+        stopping = true;
+        atomic_store_seq(&server.shutting_down, true);
+        listen_stop();
+    }
+    aio_timer_del(&grace_timer);
+    aio_loops_stop(server.loops);
+    while (aio_poll(server.main_ctx, false)) {
+    }
+    for (i = 0; i < server.nexports; i++) {
+        export_close(&server.exports[i]);
+    }
+    g_free(server.exports);
+    if (cfg.pid_file) {
+        unlink(cfg.pid_file);
+    }
+    aio_fd_remove(signal_handler);
+    close(signal_fd);
+    aio_context_free(server.main_ctx);
+    cli_free(&cfg);
+    co_pool_shutdown();
+    return 0;
+}
