@@ -5,6 +5,8 @@
 #include "server.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +81,124 @@ static unsigned parse_uint(const char *opt, const char *s, unsigned max)
     return (unsigned)v;
 }
 
+/* Add @ec, refusing duplicate names and over-long strings. */
+static void add_export(ServerConfig *cfg, ExportConfig *ec)
+{
+    unsigned i;
+
+    if (strlen(ec->name) > NBD_MAX_STRING) {
+        usage_error("export name longer than %u bytes", NBD_MAX_STRING);
+    }
+    if (ec->description && strlen(ec->description) > NBD_MAX_STRING) {
+        usage_error("description longer than %u bytes", NBD_MAX_STRING);
+    }
+    for (i = 0; i < cfg->exports->len; i++) {
+        ExportConfig *o = g_ptr_array_index(cfg->exports, i);
+
+        if (!strcmp(o->name, ec->name)) {
+            usage_error("two exports named '%s'", ec->name);
+        }
+    }
+    g_ptr_array_add(cfg->exports, ec);
+}
+
+/*
+ * NAME=FILE[,ro][,description=TEXT][,offset=N][,size=N][,tls-only]
+ * A comma inside a value is written twice (",,").
+ */
+static ExportConfig *parse_export(const char *spec)
+{
+    ExportConfig *ec = g_new0(ExportConfig, 1);
+    const char *eq = strchr(spec, '=');
+    GPtrArray *parts = g_ptr_array_new_with_free_func(g_free);
+    GString *cur = g_string_new(NULL);
+    const char *p;
+    unsigned i;
+
+    if (!eq) {
+        usage_error("invalid --export '%s': use NAME=FILE[,OPTIONS]", spec);
+    }
+    ec->name = g_strndup(spec, eq - spec);
+    for (p = eq + 1; ; p++) {
+        if (*p == ',' && p[1] == ',') {
+            g_string_append_c(cur, ',');
+            p++;
+        } else if (*p == ',' || !*p) {
+            g_ptr_array_add(parts, g_string_free(cur, FALSE));
+            cur = g_string_new(NULL);
+            if (!*p) {
+                break;
+            }
+        } else {
+            g_string_append_c(cur, *p);
+        }
+    }
+    g_string_free(cur, TRUE);
+    ec->file = g_strdup(g_ptr_array_index(parts, 0));
+    if (!*ec->file) {
+        usage_error("invalid --export '%s': no FILE", spec);
+    }
+    for (i = 1; i < parts->len; i++) {
+        const char *kv = g_ptr_array_index(parts, i);
+
+        if (!strcmp(kv, "ro") || !strcmp(kv, "read-only")) {
+            ec->read_only = true;
+        } else if (!strcmp(kv, "tls-only")) {
+            ec->tls_only = true;
+        } else if (g_str_has_prefix(kv, "description=")) {
+            g_free(ec->description);
+            ec->description = g_strdup(kv + strlen("description="));
+        } else if (g_str_has_prefix(kv, "offset=")) {
+            if (!parse_size(kv + strlen("offset="), &ec->offset)) {
+                usage_error("invalid offset in --export '%s'", spec);
+            }
+        } else if (g_str_has_prefix(kv, "size=")) {
+            if (!parse_size(kv + strlen("size="), &ec->size)) {
+                usage_error("invalid size in --export '%s'", spec);
+            }
+            ec->size_set = true;
+        } else {
+            usage_error("unknown export option '%s' in --export '%s'", kv,
+                        spec);
+        }
+    }
+    g_ptr_array_free(parts, TRUE);
+    return ec;
+}
+
+static bool parse_owner(const char *spec, ServerConfig *cfg)
+{
+    char *user = g_strdup(spec), *group = strchr(user, ':');
+    struct passwd *pw;
+    struct group *gr;
+    bool ok = true;
+
+    if (group) {
+        *group++ = '\0';
+    }
+    cfg->socket_uid = -1;
+    cfg->socket_gid = -1;
+    if (*user) {
+        pw = getpwnam(user);
+        if (pw) {
+            cfg->socket_uid = pw->pw_uid;
+            cfg->socket_gid = group ? -1 : (int)pw->pw_gid;
+        } else {
+            ok = false;
+        }
+    }
+    if (ok && group && *group) {
+        gr = getgrnam(group);
+        if (gr) {
+            cfg->socket_gid = gr->gr_gid;
+        } else {
+            ok = false;
+        }
+    }
+    g_free(user);
+    return ok;
+}
+
 static int verbose_count;
 
 static gboolean opt_verbose(const gchar *name, const gchar *value,
@@ -98,8 +218,11 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     char *log_target = NULL, *pid_file = NULL;
     gboolean read_only = FALSE, persistent = FALSE, version = FALSE;
     gboolean nocache = FALSE, do_fork = FALSE, pin = FALSE;
-    gboolean print_uri = FALSE;
-    char **files = NULL;
+    gboolean print_uri = FALSE, tls_verify_peer = FALSE;
+    char *tls = NULL, *tls_certificates = NULL, *tls_psk = NULL;
+    char *tls_priority = NULL, *socket_mode = NULL, *socket_owner = NULL;
+    char *metrics = NULL;
+    char **files = NULL, **export_specs = NULL;
     GOptionEntry entries[] = {
         { "socket", 'k', 0, G_OPTION_ARG_FILENAME, &socket_path,
           "Listen on the unix socket PATH (no TCP)", "PATH" },
@@ -155,19 +278,42 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
           "Where to log: stderr (default) or syslog", "TARGET" },
         { "print-uri", 0, 0, G_OPTION_ARG_NONE, &print_uri,
           "Print the URI clients should use on stdout", NULL },
+        { "export", 0, 0, G_OPTION_ARG_STRING_ARRAY, &export_specs,
+          "Serve FILE as export NAME; OPTS: ro, description=TEXT, "
+          "offset=N, size=N, tls-only (repeatable)", "NAME=FILE[,OPTS]" },
+        { "socket-mode", 0, 0, G_OPTION_ARG_STRING, &socket_mode,
+          "Permissions of the unix socket, in octal (e.g. 0660)", "MODE" },
+        { "socket-owner", 0, 0, G_OPTION_ARG_STRING, &socket_owner,
+          "Owner of the unix socket", "USER[:GROUP]" },
+        { "tls", 0, 0, G_OPTION_ARG_STRING, &tls,
+          "off, on (offered) or require (default with credentials)", "MODE" },
+        { "tls-certificates", 0, 0, G_OPTION_ARG_FILENAME, &tls_certificates,
+          "Directory with ca-cert.pem, server-cert.pem, server-key.pem "
+          "(ca-crl.pem optional)", "DIR" },
+        { "tls-psk", 0, 0, G_OPTION_ARG_FILENAME, &tls_psk,
+          "Pre-shared keys file (psktool format)", "FILE" },
+        { "tls-verify-peer", 0, 0, G_OPTION_ARG_NONE, &tls_verify_peer,
+          "Require client certificates signed by the CA", NULL },
+        { "tls-priority", 0, 0, G_OPTION_ARG_STRING, &tls_priority,
+          "gnutls priority string (default: TLS 1.2 and 1.3 only)",
+          "STRING" },
+        { "metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
+          "Serve Prometheus metrics on a unix socket PATH or [HOST]:PORT",
+          "ADDR" },
         { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK,
           opt_verbose, "Log each request (repeat for more)", NULL },
         { "version", 'V', 0, G_OPTION_ARG_NONE, &version,
           "Print the version and exit", NULL },
         { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files,
-          NULL, "FILE" },
+          NULL, "FILE..." },
         { NULL },
     };
     GOptionContext *oc;
     GError *err = NULL;
     ExportConfig *ec;
+    unsigned i;
 
-    oc = g_option_context_new("FILE - serve a raw disk image over NBD");
+    oc = g_option_context_new("[FILE...] - serve raw disk images over NBD");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_option_context_set_summary(oc,
         "Serves FILE (a raw image or block device) to NBD clients: "
@@ -189,13 +335,12 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
     cfg->max_inflight = DEFAULT_MAX_INFLIGHT;
     cfg->discard = true;
+    cfg->socket_uid = -1;
+    cfg->socket_gid = -1;
     log_verbosity = verbose_count;
 
-    if (!files || !files[0]) {
+    if ((!files || !files[0]) && !export_specs) {
         usage_error("no image FILE given");
-    }
-    if (files[1]) {
-        usage_error("unexpected argument '%s': one FILE only", files[1]);
     }
     if (format && strcmp(format, "raw") != 0) {
         usage_error("unsupported format '%s': only raw images", format);
@@ -291,21 +436,82 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     cfg->pid_file = g_strdup(pid_file);
     cfg->print_uri = print_uri;
 
-    ec = g_new0(ExportConfig, 1);
-    ec->name = g_strdup(export_name ? export_name : "");
-    if (strlen(ec->name) > NBD_MAX_STRING) {
-        usage_error("export name longer than %u bytes", NBD_MAX_STRING);
+    /* Positional files: the first takes -x/-D/-o, others their basename. */
+    for (i = 0; files && files[i]; i++) {
+        ec = g_new0(ExportConfig, 1);
+        if (i == 0) {
+            ec->name = g_strdup(export_name ? export_name : "");
+            ec->description = g_strdup(description);
+            if (offset && !parse_size(offset, &ec->offset)) {
+                usage_error("invalid value for --offset: '%s'", offset);
+            }
+        } else {
+            ec->name = g_path_get_basename(files[i]);
+        }
+        ec->file = g_strdup(files[i]);
+        ec->read_only = read_only;
+        add_export(cfg, ec);
     }
-    ec->description = g_strdup(description);
-    if (description && strlen(description) > NBD_MAX_STRING) {
-        usage_error("description longer than %u bytes", NBD_MAX_STRING);
+    if ((!files || !files[0]) && (export_name || description || offset)) {
+        usage_error("-x, -D and -o apply to a FILE argument; with --export "
+                    "use its own options");
     }
-    ec->file = g_strdup(files[0]);
-    ec->read_only = read_only;
-    if (offset && !parse_size(offset, &ec->offset)) {
-        usage_error("invalid value for --offset: '%s'", offset);
+    for (i = 0; export_specs && export_specs[i]; i++) {
+        ec = parse_export(export_specs[i]);
+        ec->read_only |= read_only;
+        add_export(cfg, ec);
     }
-    g_ptr_array_add(cfg->exports, ec);
+
+    if (tls) {
+        if (!strcmp(tls, "off")) {
+            cfg->tls = TLS_OFF;
+        } else if (!strcmp(tls, "on")) {
+            cfg->tls = TLS_ON;
+        } else if (!strcmp(tls, "require")) {
+            cfg->tls = TLS_REQUIRE;
+        } else {
+            usage_error("invalid --tls '%s': use off, on or require", tls);
+        }
+    } else if (tls_certificates || tls_psk) {
+        cfg->tls = TLS_REQUIRE;
+    }
+    if (cfg->tls != TLS_OFF && !tls_certificates && !tls_psk) {
+        usage_error("--tls=%s needs --tls-certificates or --tls-psk", tls);
+    }
+    if (tls_verify_peer && !tls_certificates) {
+        usage_error("--tls-verify-peer needs --tls-certificates");
+    }
+    for (i = 0; i < cfg->exports->len; i++) {
+        ExportConfig *x = g_ptr_array_index(cfg->exports, i);
+
+        if (x->tls_only && cfg->tls == TLS_OFF) {
+            usage_error("export '%s' is tls-only but TLS is off", x->name);
+        }
+    }
+    cfg->tls_certificates = g_strdup(tls_certificates);
+    cfg->tls_psk = g_strdup(tls_psk);
+    cfg->tls_priority = g_strdup(tls_priority);
+    cfg->tls_verify_peer = tls_verify_peer;
+
+    if (socket_mode) {
+        char *end;
+        unsigned long m = strtoul(socket_mode, &end, 8);
+
+        if (!*socket_mode || *end || m > 07777) {
+            usage_error("invalid --socket-mode '%s': use octal, e.g. 0660",
+                        socket_mode);
+        }
+        cfg->socket_mode = (int)m;
+        cfg->socket_mode_set = true;
+    }
+    if (socket_owner && !parse_owner(socket_owner, cfg)) {
+        usage_error("unknown user or group in --socket-owner '%s'",
+                    socket_owner);
+    }
+    if ((socket_mode || socket_owner) && !cfg->socket_path) {
+        usage_error("--socket-mode and --socket-owner need --socket");
+    }
+    cfg->metrics = g_strdup(metrics);
 
     g_free(socket_path);
     g_free(unix_path);
@@ -326,7 +532,15 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     g_free(offset);
     g_free(log_target);
     g_free(pid_file);
+    g_free(tls);
+    g_free(tls_certificates);
+    g_free(tls_psk);
+    g_free(tls_priority);
+    g_free(socket_mode);
+    g_free(socket_owner);
+    g_free(metrics);
     g_strfreev(files);
+    g_strfreev(export_specs);
 }
 
 void cli_free(ServerConfig *cfg)
@@ -346,4 +560,8 @@ void cli_free(ServerConfig *cfg)
     g_free(cfg->bind_addr);
     g_free(cfg->port);
     g_free(cfg->pid_file);
+    g_free(cfg->tls_certificates);
+    g_free(cfg->tls_psk);
+    g_free(cfg->tls_priority);
+    g_free(cfg->metrics);
 }

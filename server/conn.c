@@ -231,6 +231,22 @@ int coroutine_fn conn_discard(Conn *c, uint64_t len)
     return 0;
 }
 
+/* Push what the transport still holds, waiting while the socket is full. */
+static int coroutine_fn conn_co_flush(Conn *c)
+{
+    int r;
+
+    while (c->tr->flush && (r = c->tr->flush(c)) != 0) {
+        if (r == -EAGAIN) {
+            r = aio_cofd_wait_writable(&c->cofd);
+        }
+        if (r < 0 && r != -EINTR) {
+            return r;
+        }
+    }
+    return 0;
+}
+
 int coroutine_fn conn_writev(Conn *c, struct iovec *iov, int n)
 {
     while (n > 0) {
@@ -260,7 +276,7 @@ int coroutine_fn conn_writev(Conn *c, struct iovec *iov, int n)
             iov->iov_len -= r;
         }
     }
-    return 0;
+    return conn_co_flush(c);
 }
 
 int coroutine_fn conn_write(Conn *c, const void *buf, size_t len)
@@ -417,6 +433,14 @@ static int conn_flush_sendq(Conn *c)
             slot_put(c, r);
         }
         c->sendq_off = done;
+    }
+    if (c->tr->flush) {
+        int r = c->tr->flush(c);
+
+        if (r < 0 && r != -EAGAIN) {
+            conn_fail(c, r);
+        }
+        return r;
     }
     return 0;
 }
@@ -890,6 +914,9 @@ static void coroutine_fn conn_transmission(Conn *c)
     }
     aio_bh_delete(c->send_bh);
     c->send_bh = NULL;
+    if (!c->dead) {
+        tls_bye(c);
+    }
 }
 
 /* ---- lifecycle --------------------------------------------------------------- */
@@ -931,6 +958,7 @@ static void conn_free(Conn *c)
     /* Nobody can schedule it any more: delete it (it will not run). */
     aio_bh_delete(c->stop_bh);
 
+    tls_conn_free(c);
     aio_cofd_destroy(&c->cofd);
     close(c->fd);
     for (i = 0; i < c->nslots; i++) {

@@ -25,6 +25,11 @@ typedef struct Transport {
     ssize_t (*recv)(Conn *c, void *buf, size_t len);
     /* Returns bytes sent (possibly fewer than asked) or -errno. */
     ssize_t (*sendv)(Conn *c, const struct iovec *iov, int n);
+    /*
+     * Optional: push bytes the transport accepted but still holds.
+     * Returns 0 when none are left, -EAGAIN (wait writable) or -errno.
+     */
+    int (*flush)(Conn *c);
 } Transport;
 
 /* One request in flight, from its header until its reply is sent. */
@@ -46,6 +51,7 @@ struct Conn {
     int fd;
     char *peer;
     const Transport *tr;
+    void *tls;                      /* gnutls_session_t once STARTTLS began */
     AioCoFd cofd;
     Coroutine *main_co;             /* handshake, then the receive loop */
     bool main_waiting;              /* main_co waits in conn_wait() */
@@ -103,6 +109,17 @@ int coroutine_fn conn_write(Conn *c, const void *buf, size_t len);
 
 /* Log prefix: the peer. */
 #define CONN_LOG(c) (c)->peer
+
+/* ---- tls.c ----------------------------------------------------------- */
+
+/*
+ * Run the server side of the TLS handshake on @c and switch its transport
+ * to TLS.  Returns 0, or -errno (the connection must close).
+ */
+int coroutine_fn tls_start(Conn *c);
+/* Send close_notify if TLS is up (best effort). */
+void coroutine_fn tls_bye(Conn *c);
+void tls_conn_free(Conn *c);
 
 /* ---- handshake.c ----------------------------------------------------- */
 

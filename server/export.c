@@ -86,6 +86,7 @@ bool export_open(Export *e, const ExportConfig *ec, const ServerConfig *cfg,
     e->description = g_strdup(ec->description);
     e->path = g_strdup(ec->file);
     e->read_only = ec->read_only;
+    e->tls_only = ec->tls_only;
     e->direct = cfg->cache == CACHE_NONE;
     e->discard = cfg->discard;
     if (e->direct) {

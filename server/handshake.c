@@ -87,9 +87,22 @@ static void enter_transmission(Conn *c, Export *e)
     };
 }
 
+/* Results of handle_option(). */
+enum {
+    HS_CONTINUE,
+    HS_GO,                      /* enter transmission */
+    HS_STARTTLS,                /* flush the ACK, then upgrade */
+};
+
 static Export *find_export(NBDString name)
 {
     return server_find_export(name.ptr, name.len);
+}
+
+/* May @c see @e?  TLS-only exports need TLS first. */
+static bool export_visible(const Conn *c, const Export *e)
+{
+    return !e->tls_only || c->tls;
 }
 
 /* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 to enter transmission. */
@@ -102,13 +115,18 @@ static int opt_info_go(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
     if (nbd_opt_go_parse(data, len, &go) < 0) {
         out_error(o, opt, NBD_REP_ERR_INVALID, "malformed %s request",
                   nbd_opt_name(opt));
-        return 0;
+        return HS_CONTINUE;
     }
     e = find_export(go.name);
     if (!e) {
         out_error(o, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
                   (int)MIN(go.name.len, 200), go.name.ptr);
-        return 0;
+        return HS_CONTINUE;
+    }
+    if (!export_visible(c, e)) {
+        out_error(o, opt, NBD_REP_ERR_TLS_REQD,
+                  "this export needs TLS: use STARTTLS");
+        return HS_CONTINUE;
     }
     OUT(o, nbd_rep_info_export_encode(p_, NBD_OPT_REPLY_MAX, opt, e->size,
                                       conn_tflags(c, e)));
@@ -127,9 +145,9 @@ static int opt_info_go(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
     OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
     if (opt == NBD_OPT_GO) {
         enter_transmission(c, e);
-        return 1;
+        return HS_GO;
     }
-    return 0;
+    return HS_CONTINUE;
 }
 
 static void opt_meta(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
@@ -163,6 +181,11 @@ static void opt_meta(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
                   (int)MIN(meta.name.len, 200), meta.name.ptr);
         return;
     }
+    if (!export_visible(c, e)) {
+        out_error(o, opt, NBD_REP_ERR_TLS_REQD,
+                  "this export needs TLS: use STARTTLS");
+        return;
+    }
     mask = nbd_meta_match(&meta, list);
     for (i = 0; i < NBD_META_NCONTEXTS; i++) {
         if (mask & (1u << i)) {
@@ -180,20 +203,32 @@ static void opt_meta(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
 }
 
 /*
- * Handle one option whose payload is @data.  Returns 0 to go on, 1 to
- * enter transmission, or -errno to close.
+ * Handle one option whose payload is @data.  Returns an HS_* value, or
+ * -errno to close.
  */
 static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
                          uint32_t len)
 {
+    TlsMode tls = server.cfg->tls;
     NBDString name;
+    Export *e = NULL;
     unsigned i;
-    Export *e;
 
+    if (tls == TLS_REQUIRE && !c->tls && opt != NBD_OPT_STARTTLS &&
+        opt != NBD_OPT_ABORT) {
+        if (opt == NBD_OPT_EXPORT_NAME) {
+            log_info("%s: EXPORT_NAME without TLS: disconnecting",
+                     CONN_LOG(c));
+            return -EACCES;
+        }
+        out_error(o, opt, NBD_REP_ERR_TLS_REQD,
+                  "this server requires TLS: use STARTTLS");
+        return HS_CONTINUE;
+    }
     if (nbd_opt_check_empty(opt, len) < 0) {
         out_error(o, opt, NBD_REP_ERR_INVALID, "%s takes no data",
                   nbd_opt_name(opt));
-        return 0;
+        return HS_CONTINUE;
     }
     switch (opt) {
     case NBD_OPT_EXPORT_NAME:
@@ -203,9 +238,10 @@ static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
             return -EPROTO;
         }
         if (nbd_opt_export_name_parse(data, len, &name) < 0 ||
-            !(e = find_export(name))) {
-            log_info("%s: no export named '%.*s': disconnecting",
-                     CONN_LOG(c), (int)MIN(len, 200), (const char *)data);
+            !(e = find_export(name)) || !export_visible(c, e)) {
+            log_info("%s: no export named '%.*s'%s: disconnecting",
+                     CONN_LOG(c), (int)MIN(len, 200), (const char *)data,
+                     e && !export_visible(c, e) ? " without TLS" : "");
             return -ENOENT;
         }
         enter_transmission(c, e);
@@ -217,7 +253,7 @@ static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
 
             out_commit(o, NBD_EXPORT_NAME_REPLY_SIZE, n);
         }
-        return 1;
+        return HS_GO;
 
     case NBD_OPT_ABORT:
         OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
@@ -226,17 +262,28 @@ static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
     case NBD_OPT_LIST:
         for (i = 0; i < server.nexports; i++) {
             e = &server.exports[i];
+            if (!export_visible(c, e)) {
+                continue;
+            }
             OUT(o, nbd_rep_server_encode(p_, NBD_OPT_REPLY_MAX, opt,
                                          nbd_str(e->name),
                                          nbd_str(e->description)));
         }
         OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
-        return 0;
+        return HS_CONTINUE;
 
     case NBD_OPT_STARTTLS:
-        out_error(o, opt, NBD_REP_ERR_POLICY,
-                  "TLS is not enabled on this server");
-        return 0;
+        if (tls == TLS_OFF) {
+            out_error(o, opt, NBD_REP_ERR_POLICY,
+                      "TLS is not enabled on this server");
+            return HS_CONTINUE;
+        }
+        if (c->tls) {
+            out_error(o, opt, NBD_REP_ERR_INVALID, "TLS is already on");
+            return HS_CONTINUE;
+        }
+        OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
+        return HS_STARTTLS;
 
     case NBD_OPT_INFO:
     case NBD_OPT_GO:
@@ -246,31 +293,40 @@ static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
         if (c->structured || c->extended) {
             out_error(o, opt, NBD_REP_ERR_INVALID,
                       "structured replies are already on");
-            return 0;
+            return HS_CONTINUE;
         }
         c->structured = true;
         OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
-        return 0;
+        return HS_CONTINUE;
 
     case NBD_OPT_EXTENDED_HEADERS:
         if (c->extended) {
             out_error(o, opt, NBD_REP_ERR_INVALID,
                       "extended headers are already on");
-            return 0;
+            return HS_CONTINUE;
         }
         c->extended = true;
         OUT(o, nbd_rep_ack_encode(p_, NBD_OPT_REPLY_MAX, opt));
-        return 0;
+        return HS_CONTINUE;
 
     case NBD_OPT_LIST_META_CONTEXT:
     case NBD_OPT_SET_META_CONTEXT:
         opt_meta(c, o, opt, data, len);
-        return 0;
+        return HS_CONTINUE;
 
     default:
         out_error(o, opt, NBD_REP_ERR_UNSUP, "unknown option %u", opt);
-        return 0;
+        return HS_CONTINUE;
     }
+}
+
+/* After STARTTLS, everything negotiated in plaintext is forgotten. */
+static void reset_after_tls(Conn *c)
+{
+    c->structured = false;
+    c->extended = false;
+    c->meta = 0;
+    c->meta_export = NULL;
 }
 
 int coroutine_fn handshake_co(Conn *c)
@@ -343,13 +399,19 @@ int coroutine_fn handshake_co(Conn *c)
                 ret = w;
             }
         }
-        if (ret != 0) {
+        if (ret == HS_STARTTLS) {
+            ret = tls_start(c);
+            if (ret < 0) {
+                break;
+            }
+            reset_after_tls(c);
+        } else if (ret != HS_CONTINUE) {
             break;
         }
     }
-    if (ret == 1) {
+    if (ret == HS_GO) {
         ret = 0;
-    } else if (ret == 0) {
+    } else if (ret >= 0) {
         ret = -EPIPE;
     }
 out:

@@ -175,6 +175,18 @@ static bool listen_unix(const char *path, GError **errp)
         return false;
     }
     unix_path_created = g_strdup(path);
+    if ((server.cfg->socket_mode_set &&
+         chmod(path, server.cfg->socket_mode) < 0) ||
+        ((server.cfg->socket_uid >= 0 || server.cfg->socket_gid >= 0) &&
+         chown(path, server.cfg->socket_uid, server.cfg->socket_gid) < 0)) {
+        int err = errno;
+
+        close(fd);
+        g_set_error(errp, RAWNBD_ERROR, err,
+                    "cannot set the mode or owner of %s: %s", path,
+                    g_strerror(err));
+        return false;
+    }
     return add_listener(fd, errp) == 0;
 }
 

@@ -212,6 +212,11 @@ int main(int argc, char **argv)
         }
     }
 
+    if (!tls_init(&cfg, &err)) {
+        fprintf(stderr, "rawnbd: %s\n", err->message);
+        return 1;
+    }
+
     server.main_ctx = aio_context_new();
     if (!server.main_ctx) {
         fprintf(stderr, "rawnbd: cannot create the event loop: %s\n",
@@ -226,9 +231,17 @@ int main(int argc, char **argv)
     }
 
     uri = listen_uri();
-    log_info("serving '%s' (%" PRIu64 " bytes%s) at %s",
-             server.exports[0].path, server.exports[0].size,
-             server.exports[0].read_only ? ", read-only" : "", uri);
+    for (i = 0; i < server.nexports; i++) {
+        Export *e = &server.exports[i];
+
+        log_info("export '%s': %s, %" PRIu64 " bytes%s%s%s", e->name,
+                 e->path, e->size, e->read_only ? ", read-only" : "",
+                 e->direct ? ", O_DIRECT" : "",
+                 e->tls_only ? ", TLS only" : "");
+    }
+    log_info("listening at %s%s", uri,
+             cfg.tls == TLS_REQUIRE ? " (TLS required)" :
+             cfg.tls == TLS_ON ? " (TLS offered)" : "");
     if (cfg.print_uri) {
         printf("%s\n", uri);
         fflush(stdout);
@@ -274,6 +287,9 @@ int main(int argc, char **argv)
     aio_fd_remove(signal_handler);
     close(signal_fd);
     aio_context_free(server.main_ctx);
+    if (cfg.tls != TLS_OFF) {
+        tls_cleanup();
+    }
     cli_free(&cfg);
     co_pool_shutdown();
     return 0;

@@ -65,11 +65,18 @@ typedef enum {
     AIO_MODE_THREADS,           /* thread pool */
 } AioMode;
 
+typedef enum {
+    TLS_OFF,                    /* STARTTLS refused */
+    TLS_ON,                     /* offered; plaintext allowed */
+    TLS_REQUIRE,                /* nothing but STARTTLS before TLS */
+} TlsMode;
+
 typedef struct ExportConfig {
     char *name;
     char *file;
     char *description;
     bool read_only;
+    bool tls_only;              /* hidden and refused before TLS */
     uint64_t offset;            /* window into the image */
     uint64_t size;              /* 0: to the end of the image */
     bool size_set;
@@ -95,6 +102,15 @@ typedef struct ServerConfig {
     unsigned max_inflight;      /* requests in flight per connection */
     LogTarget log_target;
     bool print_uri;
+    TlsMode tls;
+    char *tls_certificates;     /* directory of PEM files */
+    char *tls_psk;              /* psktool key file */
+    char *tls_priority;
+    bool tls_verify_peer;
+    int socket_mode;            /* with socket_mode_set */
+    bool socket_mode_set;
+    int socket_uid, socket_gid; /* -1: unchanged */
+    char *metrics;              /* --metrics address, or NULL */
 } ServerConfig;
 
 /*
@@ -116,6 +132,7 @@ struct Export {
     uint64_t offset;            /* export byte 0 is image byte @offset */
     uint64_t size;              /* export size, exact */
     bool read_only;
+    bool tls_only;
     bool direct;                /* O_DIRECT */
     bool native_aio;            /* Linux AIO (else the thread pool) */
     bool discard;               /* TRIM punches holes */
@@ -170,7 +187,13 @@ int export_block_status(Export *e, uint64_t offset, uint64_t len,
 /* Allocate an I/O buffer suited to @e (aligned for O_DIRECT). */
 void *export_buf_alloc(size_t size);
 
-/* ---- server.c: the server as a whole ---------------------------------- */
+/* ---- tls.c ------------------------------------------------------------ */
+
+/* Load credentials and the priority string (no-op with TLS off). */
+bool tls_init(const ServerConfig *cfg, GError **errp);
+void tls_cleanup(void);
+
+/* ---- main.c: the server as a whole ------------------------------------- */
 
 typedef struct Server {
     ServerConfig *cfg;
