@@ -312,6 +312,7 @@ static NBDReq *slot_take(Conn *c)
     r->next = NULL;
     r->niov = 0;
     r->hdr_used = 0;
+    r->err = 0;
     c->inflight++;
     return r;
 }
@@ -479,9 +480,27 @@ static void send_bh_cb(void *opaque)
     }
 }
 
+static void account_reply(Conn *c, NBDReq *r)
+{
+    ExportStats *st = c->stats;
+    int64_t ns = clock_ns() - r->start_ns;
+
+    STAT_ADD(st->latency[metrics_latency_bucket(ns)], 1);
+    STAT_ADD(st->latency_sum_ns, ns);
+    STAT_ADD(st->in_flight, -1);
+    if (r->err) {
+        STAT_ADD(st->errors[metrics_err_index(r->err)], 1);
+    } else if (r->req.type == NBD_CMD_READ) {
+        STAT_ADD(st->bytes_read, r->req.length);
+    } else if (r->req.type == NBD_CMD_WRITE) {
+        STAT_ADD(st->bytes_written, r->req.length);
+    }
+}
+
 /* Queue @r's reply; the send BH goes out after this loop iteration. */
 static void conn_queue_reply(Conn *c, NBDReq *r)
 {
+    account_reply(c, r);
     if (c->dead) {
         slot_put(c, r);
         return;
@@ -514,6 +533,7 @@ static void reply_error(Conn *c, NBDReq *r, uint32_t err, const char *msg)
 {
     r->niov = 0;
     r->hdr_used = 0;
+    r->err = err;
     if (c->structured || c->extended) {
         reply_hdr(r, nbd_chunk_error_encode(r->hdr, c->extended, &r->req,
                                             NBD_REPLY_FLAG_DONE, err, msg));
@@ -816,6 +836,9 @@ static void coroutine_fn conn_transmission(Conn *c)
     c->free_slots = &c->slots[0];
     c->sendq_tailp = &c->sendq;
     c->send_bh = aio_bh_new(c->ctx, send_bh_cb, c, "nbd-send", 0);
+    c->stats = metrics_export_stats(c->exp);
+    STAT_ADD(c->stats->connections, 1);
+    STAT_ADD(c->stats->connections_open, 1);
 
     while (!c->stopping) {
         NBDRequest req;
@@ -855,11 +878,14 @@ static void coroutine_fn conn_transmission(Conn *c)
                           flags, req.offset, req.length, err ? " -> " : "",
                           err ? nbd_err_name(err) : "");
         }
+        STAT_ADD(c->stats->requests[MIN(req.type, METRICS_NCMDS - 1)], 1);
         if (chk.disconnect) {
             break;
         }
         r = slot_take(c);
         r->req = req;
+        r->start_ns = clock_ns();
+        STAT_ADD(c->stats->in_flight, 1);
         if (err) {
             if (chk.payload && conn_discard(c, chk.payload) < 0) {
                 slot_put(c, r);
@@ -914,6 +940,7 @@ static void coroutine_fn conn_transmission(Conn *c)
     }
     aio_bh_delete(c->send_bh);
     c->send_bh = NULL;
+    STAT_ADD(c->stats->connections_open, -1);
     if (!c->dead) {
         tls_bye(c);
     }

@@ -39,6 +39,8 @@ struct NBDReq {
     uint8_t *buf;                   /* data; cached between requests */
     size_t buf_size;
     uint64_t mem;                   /* bytes counted in conn->mem_inflight */
+    int64_t start_ns;               /* when the header was read */
+    uint32_t err;                   /* NBD error of the reply, 0 = success */
     struct iovec iov[REQ_IOV_MAX];  /* the reply */
     int niov;
     uint8_t hdr[REPLY_HDR_SIZE];    /* reply headers the iov points into */
@@ -67,6 +69,7 @@ struct Conn {
     uint32_t meta;                  /* selected contexts (mask) */
     Export *meta_export;            /* export those were selected for */
     Export *exp;                    /* in transmission */
+    ExportStats *stats;             /* this loop's counters for exp */
     NBDSession sess;
 
     /* Handshake limits. */

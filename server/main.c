@@ -116,6 +116,9 @@ static void signal_read(void *opaque)
         case SIGTERM:
             begin_shutdown("terminated");
             break;
+        case SIGUSR1:
+            metrics_dump();
+            break;
         case SIGHUP:
             log_info("SIGHUP ignored: logs go to %s and need no reopening",
                      server.cfg->log_target == LOG_TARGET_SYSLOG
@@ -136,6 +139,7 @@ static void setup_signals(AioContext *ctx)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (signal_fd < 0) {
@@ -230,6 +234,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    if (cfg.metrics && !metrics_start(server.main_ctx, cfg.metrics, &err)) {
+        fprintf(stderr, "rawnbd: %s\n", err->message);
+        return 1;
+    }
+
     uri = listen_uri();
     for (i = 0; i < server.nexports; i++) {
         Export *e = &server.exports[i];
@@ -284,6 +293,8 @@ int main(int argc, char **argv)
     if (cfg.pid_file) {
         unlink(cfg.pid_file);
     }
+    metrics_stop();
+    metrics_free();
     aio_fd_remove(signal_handler);
     close(signal_fd);
     aio_context_free(server.main_ctx);

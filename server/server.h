@@ -193,6 +193,43 @@ void *export_buf_alloc(size_t size);
 bool tls_init(const ServerConfig *cfg, GError **errp);
 void tls_cleanup(void);
 
+/* ---- metrics.c -------------------------------------------------------- */
+
+#define METRICS_NCMDS 9         /* NBD_CMD_READ..BLOCK_STATUS, other */
+#define METRICS_NERRS 9         /* the NBD errors, other */
+#define METRICS_LAT_BUCKETS 24  /* up to 2^0 .. 2^22 us, and more */
+
+/*
+ * Counters for one export, kept per loop thread.  Written only by that
+ * thread (with relaxed atomic loads and stores, no read-modify-write).
+ */
+typedef struct ExportStats {
+    uint64_t requests[METRICS_NCMDS];
+    uint64_t errors[METRICS_NERRS];
+    uint64_t latency[METRICS_LAT_BUCKETS];
+    uint64_t latency_sum_ns;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t connections;       /* sessions started */
+    int64_t connections_open;   /* may be negative in one thread's copy */
+    int64_t in_flight;
+} ExportStats;
+
+/* Single-writer increment: the owning thread only. */
+#define STAT_ADD(field, n) atomic_set(&(field), atomic_read(&(field)) + (n))
+
+/* This thread's counters for @e (loop threads). */
+ExportStats *metrics_export_stats(const Export *e);
+unsigned metrics_latency_bucket(int64_t ns);
+unsigned metrics_err_index(uint32_t nbd_err);
+
+/* Prometheus text of every counter; g_free() it. */
+char *metrics_format(void);
+void metrics_dump(void);
+bool metrics_start(AioContext *ctx, const char *addr, GError **errp);
+void metrics_stop(void);
+void metrics_free(void);
+
 /* ---- main.c: the server as a whole ------------------------------------- */
 
 typedef struct Server {
