@@ -313,7 +313,7 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     ExportConfig *ec;
     unsigned i;
 
-    oc = g_option_context_new("[FILE...] - serve raw disk images over NBD");
+    oc = g_option_context_new("- serve raw disk images over NBD");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_option_context_set_summary(oc,
         "Serves FILE (a raw image or block device) to NBD clients: "

@@ -879,6 +879,7 @@ static void coroutine_fn conn_transmission(Conn *c)
                           err ? nbd_err_name(err) : "");
         }
         STAT_ADD(c->stats->requests[MIN(req.type, METRICS_NCMDS - 1)], 1);
+        c->nrequests++;
         if (chk.disconnect) {
             break;
         }
@@ -1016,7 +1017,12 @@ static void coroutine_fn conn_main_co(void *opaque)
                  c->structured ? " (structured replies)" : "");
         conn_transmission(c);
     }
-    log_info("%s: disconnected", CONN_LOG(c));
+    if (c->exp) {
+        log_info("%s: disconnected from export '%s' after %" PRIu64
+                 " requests", CONN_LOG(c), c->exp->name, c->nrequests);
+    } else {
+        log_info("%s: disconnected while negotiating", CONN_LOG(c));
+    }
     conn_free(c);
     server_conn_closed();
     aio_context_unref(ctx);

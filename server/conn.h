@@ -70,6 +70,7 @@ struct Conn {
     Export *meta_export;            /* export those were selected for */
     Export *exp;                    /* in transmission */
     ExportStats *stats;             /* this loop's counters for exp */
+    uint64_t nrequests;             /* requests read, for the close log */
     NBDSession sess;
 
     /* Handshake limits. */
