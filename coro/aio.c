@@ -711,17 +711,17 @@ int aio_cofd_init(AioCoFd *f, AioContext *ctx, int fd)
 
 int coroutine_fn aio_cofd_wait_readable(AioCoFd *f)
 {
-    if (f->cancelled) {
+    if (f->rd_cancelled) {
         return -ECANCELED;
     }
     f->reader = co_self();
     co_yield();
-    return f->cancelled ? -ECANCELED : 0;
+    return f->rd_cancelled ? -ECANCELED : 0;
 }
 
 int coroutine_fn aio_cofd_wait_writable(AioCoFd *f)
 {
-    if (f->cancelled) {
+    if (f->wr_cancelled) {
         return -ECANCELED;
     }
     if (!f->watch_out) {
@@ -734,23 +734,31 @@ int coroutine_fn aio_cofd_wait_writable(AioCoFd *f)
     }
     f->writer = co_self();
     co_yield();
-    return f->cancelled ? -ECANCELED : 0;
+    return f->wr_cancelled ? -ECANCELED : 0;
+}
+
+/* Wake through the scheduler: we may be running in that very coroutine. */
+static void cofd_cancel_waiter(AioCoFd *f, Coroutine **slot)
+{
+    Coroutine *co = *slot;
+
+    if (co) {
+        *slot = NULL;
+        aio_co_schedule(f->ctx, co);
+    }
+}
+
+void aio_cofd_cancel_read(AioCoFd *f)
+{
+    f->rd_cancelled = true;
+    cofd_cancel_waiter(f, &f->reader);
 }
 
 void aio_cofd_cancel(AioCoFd *f)
 {
-    Coroutine *co;
-
-    f->cancelled = true;
-    /* Wake through the scheduler: we may be in one of these coroutines. */
-    if ((co = f->reader)) {
-        f->reader = NULL;
-        aio_co_schedule(f->ctx, co);
-    }
-    if ((co = f->writer)) {
-        f->writer = NULL;
-        aio_co_schedule(f->ctx, co);
-    }
+    aio_cofd_cancel_read(f);
+    f->wr_cancelled = true;
+    cofd_cancel_waiter(f, &f->writer);
 }
 
 void aio_cofd_destroy(AioCoFd *f)

@@ -195,7 +195,8 @@ typedef struct AioCoFd {
     AioHandler *h;
     int fd;
     bool watch_out;             /* EPOLLOUT currently requested */
-    bool cancelled;             /* aio_cofd_cancel() was called */
+    bool rd_cancelled;          /* reads cancelled */
+    bool wr_cancelled;          /* writes cancelled */
     Coroutine *reader;
     Coroutine *writer;
 } AioCoFd;
@@ -210,7 +211,11 @@ int aio_cofd_init(AioCoFd *f, AioContext *ctx, int fd);
 int coroutine_fn aio_cofd_wait_readable(AioCoFd *f);
 int coroutine_fn aio_cofd_wait_writable(AioCoFd *f);
 
-/* Wake both waiters with -ECANCELED, and every later wait too. */
+/*
+ * Wake the reader (aio_cofd_cancel_read) or both waiters (aio_cofd_cancel)
+ * with -ECANCELED; every later wait of that kind fails the same way.
+ */
+void aio_cofd_cancel_read(AioCoFd *f);
 void aio_cofd_cancel(AioCoFd *f);
 
 /* Stop watching (the fd is not closed).  No coroutine may be waiting. */

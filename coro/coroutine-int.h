@@ -48,7 +48,17 @@ struct Coroutine {
  * it returns when something switches back to @from.
  */
 void co_backend_init(Coroutine *co);
+#if CONFIG_COROUTINE_ASM
+/* In coroutine-asm.c.  Inlined: an extra call frame costs a mispredict. */
+void co_asm_switch(void **save_sp, void *new_sp);
+
+static inline void co_backend_switch(Coroutine *from, Coroutine *to)
+{
+    co_asm_switch(&from->sp, to->sp);
+}
+#else
 void co_backend_switch(Coroutine *from, Coroutine *to);
+#endif
 
 /* Provided by coroutine.c; runs on the coroutine stack and never returns. */
 void co_trampoline_main(Coroutine *co) __attribute__((noreturn));

@@ -333,10 +333,9 @@ static inline void switch_end(CoThread *t, Coroutine *self)
 #endif
 }
 
-static CoAction co_switch(Coroutine *from, Coroutine *to, CoAction action)
+static CoAction co_switch(CoThread *t, Coroutine *from, Coroutine *to,
+                          CoAction action)
 {
-    CoThread *t = co_thread();
-
     t->action = action;
     t->switch_from = from;
     switch_begin(from, to, action);
@@ -361,7 +360,7 @@ void co_trampoline_main(Coroutine *co)
         to = co->caller;
         co->caller = NULL;
         t->current = to;
-        co_switch(co, to, CO_TERMINATE);
+        co_switch(t, co, to, CO_TERMINATE);
         /* Taken from the pool and entered again, with a new entry. */
     }
 }
@@ -400,7 +399,7 @@ void co_enter(Coroutine *co)
     }
     co->caller = self;
     t->current = co;
-    if (co_switch(self, co, CO_ENTER) == CO_TERMINATE) {
+    if (co_switch(t, self, co, CO_ENTER) == CO_TERMINATE) {
         pool_release(co_thread(), co);
     }
 }
@@ -417,7 +416,7 @@ void coroutine_fn co_yield(void)
     }
     self->caller = NULL;
     t->current = to;
-    co_switch(self, to, CO_YIELD);
+    co_switch(t, self, to, CO_YIELD);
 }
 
 Coroutine *co_self(void)

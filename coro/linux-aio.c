@@ -238,7 +238,8 @@ void laio_unplug(LinuxAioState *s)
 
 static ssize_t coroutine_fn laio_co_rw(LinuxAioState *s, int fd,
                                        const struct iovec *iov, int iovcnt,
-                                       off_t offset, bool is_read)
+                                       off_t offset, bool is_read,
+                                       int rw_flags)
 {
     LaioReq r = {
         .co = co_self(),
@@ -253,6 +254,7 @@ static ssize_t coroutine_fn laio_co_rw(LinuxAioState *s, int fd,
     } else {
         io_prep_pwritev(&r.iocb, fd, iov, iovcnt, offset);
     }
+    r.iocb.aio_rw_flags = rw_flags;
     io_set_eventfd(&r.iocb, s->efd);
     r.iocb.data = &r;
 
@@ -269,14 +271,14 @@ ssize_t coroutine_fn laio_co_preadv(LinuxAioState *s, int fd,
                                     const struct iovec *iov, int iovcnt,
                                     off_t offset)
 {
-    return laio_co_rw(s, fd, iov, iovcnt, offset, true);
+    return laio_co_rw(s, fd, iov, iovcnt, offset, true, 0);
 }
 
 ssize_t coroutine_fn laio_co_pwritev(LinuxAioState *s, int fd,
                                      const struct iovec *iov, int iovcnt,
-                                     off_t offset)
+                                     off_t offset, int rw_flags)
 {
-    return laio_co_rw(s, fd, iov, iovcnt, offset, false);
+    return laio_co_rw(s, fd, iov, iovcnt, offset, false, rw_flags);
 }
 
 LinuxAioState *laio_get(AioContext *ctx)

@@ -34,14 +34,15 @@ void laio_cleanup(LinuxAioState *s);
  * Read or write the whole of @iov at @offset.  Returns the byte count
  * (always the full length) or -errno.  A short read (end of file) is
  * completed with zeros; a short write is -ENOSPC.  Coroutine in the home
- * thread of @s.
+ * thread of @s.  @rw_flags are RWF_* flags (RWF_DSYNC for a write that
+ * must be durable when it completes).
  */
 ssize_t coroutine_fn laio_co_preadv(LinuxAioState *s, int fd,
                                     const struct iovec *iov, int iovcnt,
                                     off_t offset);
 ssize_t coroutine_fn laio_co_pwritev(LinuxAioState *s, int fd,
                                      const struct iovec *iov, int iovcnt,
-                                     off_t offset);
+                                     off_t offset, int rw_flags);
 
 /* Hold submissions until the matching unplug (calls nest). */
 void laio_plug(LinuxAioState *s);

@@ -236,6 +236,7 @@ typedef struct FileOp {
     off_t offset;
     off_t len;
     int mode;
+    int rw_flags;
 } FileOp;
 
 static long do_preadv(void *opaque)
@@ -249,7 +250,8 @@ static long do_pwritev(void *opaque)
 {
     FileOp *op = opaque;
 
-    return file_pwritev_full(op->fd, op->iov, op->iovcnt, op->offset, 0);
+    return file_pwritev_full(op->fd, op->iov, op->iovcnt, op->offset,
+                             op->rw_flags);
 }
 
 static long do_fdatasync(void *opaque)
@@ -275,9 +277,10 @@ ssize_t coroutine_fn pool_co_preadv(int fd, const struct iovec *iov,
 }
 
 ssize_t coroutine_fn pool_co_pwritev(int fd, const struct iovec *iov,
-                                     int iovcnt, off_t offset)
+                                     int iovcnt, off_t offset, int rw_flags)
 {
-    FileOp op = { .fd = fd, .iov = iov, .iovcnt = iovcnt, .offset = offset };
+    FileOp op = { .fd = fd, .iov = iov, .iovcnt = iovcnt, .offset = offset,
+                  .rw_flags = rw_flags };
 
     return thread_pool_co_run(do_pwritev, &op);
 }

@@ -37,7 +37,7 @@ void thread_pool_ctx_cleanup(ThreadPoolCtx *tp);
 ssize_t coroutine_fn pool_co_preadv(int fd, const struct iovec *iov,
                                     int iovcnt, off_t offset);
 ssize_t coroutine_fn pool_co_pwritev(int fd, const struct iovec *iov,
-                                     int iovcnt, off_t offset);
+                                     int iovcnt, off_t offset, int rw_flags);
 int coroutine_fn pool_co_fdatasync(int fd);
 int coroutine_fn pool_co_fallocate(int fd, int mode, off_t offset,
                                    off_t len);
