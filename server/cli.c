@@ -225,7 +225,8 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     char **files = NULL, **export_specs = NULL;
     GOptionEntry entries[] = {
         { "socket", 'k', 0, G_OPTION_ARG_FILENAME, &socket_path,
-          "Listen on the unix socket PATH (no TCP)", "PATH" },
+          "Listen on the unix socket PATH (and on TCP only if -p or -b is "
+          "given too)", "PATH" },
         { "unix", 'U', 0, G_OPTION_ARG_FILENAME, &unix_path,
           "Same as --socket", "PATH" },
         { "port", 'p', 0, G_OPTION_ARG_STRING, &port,
@@ -251,7 +252,8 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
         { "shared", 'e', 0, G_OPTION_ARG_STRING, &shared,
           "Serve at most N clients at once (default 0: unlimited)", "N" },
         { "cache", 0, 0, G_OPTION_ARG_STRING, &cache,
-          "none (O_DIRECT) or writeback (page cache; default)", "MODE" },
+          "writeback (page cache; default), none (O_DIRECT), writethrough "
+          "or directsync (each write durable before its reply)", "MODE" },
         { "nocache", 'n', 0, G_OPTION_ARG_NONE, &nocache,
           "Same as --cache=none", NULL },
         { "aio", 0, 0, G_OPTION_ARG_STRING, &aio,
@@ -288,8 +290,8 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
         { "tls", 0, 0, G_OPTION_ARG_STRING, &tls,
           "off, on (offered) or require (default with credentials)", "MODE" },
         { "tls-certificates", 0, 0, G_OPTION_ARG_FILENAME, &tls_certificates,
-          "Directory with ca-cert.pem, server-cert.pem, server-key.pem "
-          "(ca-crl.pem optional)", "DIR" },
+          "Directory with server-cert.pem and server-key.pem (ca-cert.pem "
+          "for --tls-verify-peer, ca-crl.pem optional)", "DIR" },
         { "tls-psk", 0, 0, G_OPTION_ARG_FILENAME, &tls_psk,
           "Pre-shared keys file (psktool format)", "FILE" },
         { "tls-verify-peer", 0, 0, G_OPTION_ARG_NONE, &tls_verify_peer,
@@ -298,10 +300,10 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
           "gnutls priority string (default: TLS 1.2 and 1.3 only)",
           "STRING" },
         { "metrics", 0, 0, G_OPTION_ARG_STRING, &metrics,
-          "Serve Prometheus metrics on a unix socket PATH or [HOST]:PORT",
+          "Serve Prometheus metrics on [HOST]:PORT or a unix socket PATH",
           "ADDR" },
         { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK,
-          opt_verbose, "Log each request (repeat for more)", NULL },
+          opt_verbose, "Log each option and request (debugging)", NULL },
         { "version", 'V', 0, G_OPTION_ARG_NONE, &version,
           "Print the version and exit", NULL },
         { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files,
@@ -361,12 +363,19 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     cfg->tcp = !cfg->socket_path || port || cfg->bind_addr;
 
     if (cache) {
-        if (!strcmp(cache, "none") || !strcmp(cache, "directsync")) {
+        if (!strcmp(cache, "none")) {
             cfg->cache = CACHE_NONE;
+        } else if (!strcmp(cache, "directsync")) {
+            cfg->cache = CACHE_NONE;
+            cfg->sync_writes = true;
         } else if (!strcmp(cache, "writeback")) {
             cfg->cache = CACHE_WRITEBACK;
+        } else if (!strcmp(cache, "writethrough")) {
+            cfg->cache = CACHE_WRITEBACK;
+            cfg->sync_writes = true;
         } else {
-            usage_error("invalid --cache '%s': use none or writeback", cache);
+            usage_error("invalid --cache '%s': use none, writeback, "
+                        "writethrough or directsync", cache);
         }
     }
     if (nocache) {

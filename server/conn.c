@@ -534,7 +534,7 @@ static void reply_error(Conn *c, NBDReq *r, uint32_t err, const char *msg)
     r->niov = 0;
     r->hdr_used = 0;
     r->err = err;
-    if (c->structured || c->extended) {
+    if (c->structured) {
         reply_hdr(r, nbd_chunk_error_encode(r->hdr, c->extended, &r->req,
                                             NBD_REPLY_FLAG_DONE, err, msg));
     } else {

@@ -64,7 +64,7 @@ struct Conn {
 
     /* Negotiated state. */
     bool no_zeroes;
-    bool structured;
+    bool structured;                /* (implied by extended in transmission) */
     bool extended;
     uint32_t meta;                  /* selected contexts (mask) */
     Export *meta_export;            /* export those were selected for */

@@ -89,6 +89,7 @@ bool export_open(Export *e, const ExportConfig *ec, const ServerConfig *cfg,
     e->tls_only = ec->tls_only;
     e->direct = cfg->cache == CACHE_NONE;
     e->discard = cfg->discard;
+    e->sync_writes = cfg->sync_writes;
     if (e->direct) {
         flags |= O_DIRECT;
     }
@@ -210,7 +211,7 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
                                        uint64_t offset, bool fua)
 {
     off_t pos = e->offset + offset;
-    int rwf = fua ? RWF_DSYNC : 0;
+    int rwf = fua || e->sync_writes ? RWF_DSYNC : 0;
 
     if (e->native_aio) {
         LinuxAioState *s = laio_get(aio_current());

@@ -73,6 +73,8 @@ uint16_t conn_tflags(const Conn *c, const Export *e)
 
 static void enter_transmission(Conn *c, Export *e)
 {
+    /* Extended headers imply structured replies from here on. */
+    c->structured |= c->extended;
     c->exp = e;
     c->sess = (NBDSession) {
         .size = e->size,
@@ -80,7 +82,7 @@ static void enter_transmission(Conn *c, Export *e)
         .max_payload = e->max_payload,
         .tflags = conn_tflags(c, e),
         .read_only = e->read_only,
-        .structured = c->structured || c->extended,
+        .structured = c->structured,
         .extended = c->extended,
         /* Contexts chosen for another export do not carry over. */
         .meta = c->meta_export == e ? c->meta : 0,

@@ -333,29 +333,68 @@ void listen_stop(void)
     }
 }
 
+/* The address of the first listener, for the URI under socket activation. */
+static char *activated_address(bool *is_unix)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    Listener *l;
+
+    if (!listeners || !listeners->len) {
+        return NULL;
+    }
+    l = &g_array_index(listeners, Listener, 0);
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0) {
+        return NULL;
+    }
+    if (ss.ss_family == AF_UNIX) {
+        struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
+
+        *is_unix = true;
+        return sun->sun_path[0] ? g_strdup(sun->sun_path) : NULL;
+    }
+    *is_unix = false;
+    return peer_name(&ss, len);
+}
+
 char *listen_uri(void)
 {
     const ServerConfig *cfg = server.cfg;
     const char *name = server.exports[0].name;
+    const char *tls = cfg->tls == TLS_REQUIRE ? "s" : "";
     char *ename = g_uri_escape_string(name, NULL, FALSE);
-    char *uri;
+    char *uri = NULL;
 
-    if (activated > 0 || (!cfg->socket_path && !cfg->tcp)) {
-        uri = g_strdup_printf("nbd:///%s", ename);
+    if (activated > 0) {
+        bool is_unix = false;
+        char *addr = activated_address(&is_unix);
+
+        if (addr && is_unix) {
+            char *path = g_uri_escape_string(addr, "/", FALSE);
+
+            uri = g_strdup_printf("nbd%s+unix:///%s?socket=%s", tls, ename,
+                                  path);
+            g_free(path);
+        } else if (addr) {
+            uri = g_strdup_printf("nbd%s://%s/%s", tls, addr, ename);
+        } else {
+            uri = g_strdup("(sockets passed by systemd)");
+        }
+        g_free(addr);
     } else if (cfg->socket_path && !cfg->tcp) {
         char *path = g_uri_escape_string(cfg->socket_path, "/", FALSE);
 
-        uri = g_strdup_printf("nbd+unix:///%s?socket=%s", ename, path);
+        uri = g_strdup_printf("nbd%s+unix:///%s?socket=%s", tls, ename,
+                              path);
         g_free(path);
     } else {
         const char *host = cfg->bind_addr ? cfg->bind_addr : "localhost";
         bool v6 = strchr(host, ':') != NULL;
+        bool port = strcmp(cfg->port, "10809") != 0;
 
-        uri = g_strdup_printf("nbd://%s%s%s%s%s/%s", v6 ? "[" : "", host,
-                              v6 ? "]" : "",
-                              strcmp(cfg->port, "10809") ? ":" : "",
-                              strcmp(cfg->port, "10809") ? cfg->port : "",
-                              ename);
+        uri = g_strdup_printf("nbd%s://%s%s%s%s%s/%s", tls, v6 ? "[" : "",
+                              host, v6 ? "]" : "", port ? ":" : "",
+                              port ? cfg->port : "", ename);
     }
     g_free(ename);
     return uri;

@@ -22,14 +22,25 @@ void log_init(LogTarget t)
 
 static void vlog(int prio, const char *tag, const char *fmt, va_list ap)
 {
-    char msg[1024];
+    char buf[512];
+    char *msg = buf;
+    va_list ap2;
+    int n;
 
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_copy(ap2, ap);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    if (n >= (int)sizeof(buf)) {
+        msg = g_strdup_vprintf(fmt, ap2);      /* rare: long messages */
+    }
+    va_end(ap2);
     if (target == LOG_TARGET_SYSLOG) {
         syslog(prio, "%s", msg);
     } else {
-        /* One fprintf per line, so lines from loops do not interleave. */
+        /* One fprintf per message, so lines from loops do not interleave. */
         fprintf(stderr, "rawnbd: %s%s\n", tag, msg);
+    }
+    if (msg != buf) {
+        g_free(msg);
     }
 }
 

@@ -2,8 +2,10 @@
  * main.c: start-up, signals, shutdown.
  *
  * Exit status: 0 after a clean stop (signal, or the last client leaving
- * without --persistent); 1 if the image cannot be opened or the server
- * cannot listen; 2 for bad usage.
+ * without --persistent); 1 when setting up fails (image, TLS credentials,
+ * listening, metrics, pid file, threads); 2 for bad usage.  With --fork
+ * the parent exits only once the child is ready, with the child's
+ * start-up status.
  */
 #include "server.h"
 
@@ -130,17 +132,30 @@ static void signal_read(void *opaque)
     }
 }
 
-static void setup_signals(AioContext *ctx)
+static void handled_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);
+}
+
+/* From the start: signals wait (blocked) until the loop reads them. */
+static void block_signals(void)
 {
     sigset_t set;
 
     signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGUSR1);
+    handled_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void setup_signals(AioContext *ctx)
+{
+    sigset_t set;
+
+    handled_signals(&set);
     signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (signal_fd < 0) {
         fprintf(stderr, "rawnbd: signalfd: %s\n", g_strerror(errno));
@@ -172,26 +187,50 @@ static void write_pid_file(const char *path)
     g_free(s);
 }
 
-/* Fork; the parent exits 0 (we already listen), the child goes on. */
+static int ready_fd = -1;       /* --fork: tells the parent we are up */
+
+/*
+ * Fork.  The parent waits until the child says it is ready (listening,
+ * loops running) and exits 0, or 1 if the child failed first; the child
+ * goes on and calls daemon_ready().
+ */
 static void daemonize(void)
 {
-    pid_t pid = fork();
-    int devnull;
+    int pipefd[2];
+    pid_t pid;
+    char c;
 
-    if (pid < 0) {
+    if (pipe2(pipefd, O_CLOEXEC) < 0 || (pid = fork()) < 0) {
         fprintf(stderr, "rawnbd: fork: %s\n", g_strerror(errno));
         exit(1);
     }
     if (pid > 0) {
-        _exit(0);
+        close(pipefd[1]);
+        _exit(read(pipefd[0], &c, 1) == 1 ? 0 : 1);
     }
+    close(pipefd[0]);
+    ready_fd = pipefd[1];
     setsid();
+}
+
+static void daemon_ready(void)
+{
+    int devnull;
+
+    if (ready_fd < 0) {
+        return;
+    }
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (devnull >= 0) {
         dup2(devnull, STDIN_FILENO);
         dup2(devnull, STDOUT_FILENO);
         close(devnull);
     }
+    if (write(ready_fd, "", 1) != 1) {
+        /* The parent is gone: nobody to tell. */
+    }
+    close(ready_fd);
+    ready_fd = -1;
 }
 
 int main(int argc, char **argv)
@@ -201,6 +240,7 @@ int main(int argc, char **argv)
     char *uri;
     unsigned i;
 
+    block_signals();
     cli_parse(argc, argv, &cfg);
     server.cfg = &cfg;
     log_init(cfg.log_target);
@@ -271,6 +311,7 @@ int main(int argc, char **argv)
                 g_strerror(errno));
         return 1;
     }
+    daemon_ready();
 
     while (!quit) {
         aio_poll(server.main_ctx, true);

@@ -366,12 +366,12 @@ static void metrics_accept(void *opaque)
     }
 }
 
-/* ADDR: a path (contains '/') for a unix socket, else [HOST]:PORT. */
+/* ADDR: [HOST]:PORT, else (a '/' or no ':') a unix socket path. */
 static int metrics_socket(const char *addr, GError **errp)
 {
     int fd, one = 1;
 
-    if (strchr(addr, '/')) {
+    if (strchr(addr, '/') || !strchr(addr, ':')) {
         struct sockaddr_un sun = { .sun_family = AF_UNIX };
         struct stat st;
 

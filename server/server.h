@@ -91,6 +91,7 @@ typedef struct ServerConfig {
     bool persistent;            /* -t */
     unsigned shared;            /* -e: max clients, 0 = unlimited */
     CacheMode cache;
+    bool sync_writes;           /* writethrough/directsync: FUA always */
     AioMode aio;
     bool discard;               /* --discard=unmap */
     unsigned threads;           /* --threads: loops, 0 = one per CPU */
@@ -136,6 +137,7 @@ struct Export {
     bool direct;                /* O_DIRECT */
     bool native_aio;            /* Linux AIO (else the thread pool) */
     bool discard;               /* TRIM punches holes */
+    bool sync_writes;           /* every write durable before its reply */
     bool block_device;
     uint32_t min_block;         /* advertised minimum block size */
     uint32_t pref_block;
