@@ -307,6 +307,15 @@ static void bh_enqueue(AioBH *bh, unsigned new_flags)
 
 void aio_bh_schedule(AioBH *bh)
 {
+    /*
+     * Home thread, already queued and scheduled: nothing to do, and no
+     * locked instruction spent learning it.  Only the home thread clears
+     * these bits, so they cannot change under us.
+     */
+    if ((atomic_read(&bh->flags) & (BH_PENDING | BH_SCHEDULED)) ==
+        (BH_PENDING | BH_SCHEDULED) && bh->ctx == aio_current()) {
+        return;
+    }
     bh_enqueue(bh, BH_SCHEDULED);
 }
 

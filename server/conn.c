@@ -190,6 +190,7 @@ int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
                 len -= r;
             } else {
                 c->in_end = r;
+                c->recv_ns = clock_ns();
             }
         } else if (r == 0) {
             return -EPIPE;
@@ -323,8 +324,35 @@ static void slot_charge(Conn *c, NBDReq *r, uint64_t bytes)
     c->mem_inflight += bytes;
 }
 
-static void slot_put(Conn *c, NBDReq *r)
+/*
+ * Count @r in the metrics: its reply was handed to the kernel at @sent_ns,
+ * or never sent if @sent_ns is 0 (the connection broke first).
+ */
+static void account_request(Conn *c, NBDReq *r, int64_t sent_ns)
 {
+    ExportStats *st = c->stats;
+    int64_t ns;
+
+    STAT_ADD(st->in_flight, -1);
+    if (!sent_ns) {
+        return;
+    }
+    ns = sent_ns - r->start_ns;
+    STAT_ADD(st->latency[metrics_latency_bucket(ns)], 1);
+    STAT_ADD(st->latency_sum_ns, ns);
+    if (r->err) {
+        STAT_ADD(st->errors[metrics_err_index(r->err)], 1);
+    } else if (r->req.type == NBD_CMD_READ) {
+        STAT_ADD(st->bytes_read, r->req.length);
+    } else if (r->req.type == NBD_CMD_WRITE) {
+        STAT_ADD(st->bytes_written, r->req.length);
+    }
+}
+
+/* Give @r back: its reply was sent at @sent_ns (0: never sent). */
+static void slot_put(Conn *c, NBDReq *r, int64_t sent_ns)
+{
+    account_request(c, r, sent_ns);
     if (r->buf_size > BUF_CACHE_MAX) {
         free(r->buf);
         r->buf = NULL;
@@ -368,7 +396,7 @@ static void conn_fail(Conn *c, int err)
     c->dead = true;
     while ((r = c->sendq)) {
         c->sendq = r->next;
-        slot_put(c, r);
+        slot_put(c, r, 0);
     }
     c->sendq_tailp = &c->sendq;
     c->sendq_off = 0;
@@ -384,6 +412,8 @@ static void conn_fail(Conn *c, int err)
  */
 static int conn_flush_sendq(Conn *c)
 {
+    int64_t now;
+
     while (c->sendq) {
         struct iovec iov[SEND_IOV_BATCH];
         size_t skip = c->sendq_off, done;
@@ -420,6 +450,7 @@ static int conn_flush_sendq(Conn *c)
             return w;
         }
         done = c->sendq_off + w;
+        now = 0;
         while ((r = c->sendq)) {
             size_t len = reply_len(r);
 
@@ -431,7 +462,10 @@ static int conn_flush_sendq(Conn *c)
             if (!c->sendq) {
                 c->sendq_tailp = &c->sendq;
             }
-            slot_put(c, r);
+            if (!now) {
+                now = clock_ns();       /* once per batch of replies */
+            }
+            slot_put(c, r, now);
         }
         c->sendq_off = done;
     }
@@ -480,29 +514,11 @@ static void send_bh_cb(void *opaque)
     }
 }
 
-static void account_reply(Conn *c, NBDReq *r)
-{
-    ExportStats *st = c->stats;
-    int64_t ns = clock_ns() - r->start_ns;
-
-    STAT_ADD(st->latency[metrics_latency_bucket(ns)], 1);
-    STAT_ADD(st->latency_sum_ns, ns);
-    STAT_ADD(st->in_flight, -1);
-    if (r->err) {
-        STAT_ADD(st->errors[metrics_err_index(r->err)], 1);
-    } else if (r->req.type == NBD_CMD_READ) {
-        STAT_ADD(st->bytes_read, r->req.length);
-    } else if (r->req.type == NBD_CMD_WRITE) {
-        STAT_ADD(st->bytes_written, r->req.length);
-    }
-}
-
 /* Queue @r's reply; the send BH goes out after this loop iteration. */
 static void conn_queue_reply(Conn *c, NBDReq *r)
 {
-    account_reply(c, r);
     if (c->dead) {
-        slot_put(c, r);
+        slot_put(c, r, 0);
         return;
     }
     r->next = NULL;
@@ -885,11 +901,11 @@ static void coroutine_fn conn_transmission(Conn *c)
         }
         r = slot_take(c);
         r->req = req;
-        r->start_ns = clock_ns();
+        r->start_ns = c->recv_ns;       /* when its bytes arrived */
         STAT_ADD(c->stats->in_flight, 1);
         if (err) {
             if (chk.payload && conn_discard(c, chk.payload) < 0) {
-                slot_put(c, r);
+                slot_put(c, r, 0);
                 break;
             }
             reply_error(c, r, err, check_message(err, &req));
@@ -916,7 +932,7 @@ static void coroutine_fn conn_transmission(Conn *c)
             }
             ret = conn_read(c, r->buf, chk.payload);
             if (ret < 0) {
-                slot_put(c, r);
+                slot_put(c, r, 0);
                 break;
             }
         }

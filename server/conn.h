@@ -39,7 +39,7 @@ struct NBDReq {
     uint8_t *buf;                   /* data; cached between requests */
     size_t buf_size;
     uint64_t mem;                   /* bytes counted in conn->mem_inflight */
-    int64_t start_ns;               /* when the header was read */
+    int64_t start_ns;               /* when the header arrived */
     uint32_t err;                   /* NBD error of the reply, 0 = success */
     struct iovec iov[REQ_IOV_MAX];  /* the reply */
     int niov;
@@ -61,6 +61,7 @@ struct Conn {
     /* Buffered input: bytes [in_start, in_end) are unread. */
     uint8_t *in;
     size_t in_start, in_end;
+    int64_t recv_ns;                /* when the buffer was last filled */
 
     /* Negotiated state. */
     bool no_zeroes;

@@ -52,14 +52,15 @@ ExportStats *metrics_export_stats(const Export *e)
 
 unsigned metrics_latency_bucket(int64_t ns)
 {
-    uint64_t us = ns > 0 ? (uint64_t)ns / 1000 : 0;
-    unsigned b = 0;
+    uint64_t us = ns > 0 ? ((uint64_t)ns + 999) / 1000 : 0;
+    unsigned b;
 
-    /* Bucket b holds latencies up to 2^b microseconds. */
-    while (b < METRICS_LAT_BUCKETS - 1 && us > (1ull << b)) {
-        b++;
+    /* Bucket b holds latencies up to 2^b microseconds: b = ceil(log2). */
+    if (us <= 1) {
+        return 0;
     }
-    return b;
+    b = 64 - __builtin_clzll(us - 1);
+    return b < METRICS_LAT_BUCKETS - 1 ? b : METRICS_LAT_BUCKETS - 1;
 }
 
 /* ---- summing and formatting --------------------------------------------- */
