@@ -1,0 +1,676 @@
+/*
+ * fuzz-conn.c: whole connections, handshake and transmission, through
+ * the real server code (server/conn.c, handshake.c, export.c, tls.c)
+ * in this process.
+ *
+ * Set-up, once: a 1 MiB sparse image (and a PSK file) in a temporary
+ * directory, unlinked at once (the exports keep it open); a
+ * ServerConfig from cli_parse() with four exports on it:
+ *   ""        read-write, with a description  (index 0)
+ *   "ro"      read-only                       (index 1)
+ *   "win"     offset=4608,size=700001: an unaligned window
+ *   "secret"  tls-only
+ * TLS credentials are loaded (PSK), and one AioContext serves as both
+ * the connection's loop and server.main_ctx.
+ *
+ * Input: two control bytes, then what the client sends.
+ *   byte 0, bit 0     the empty export name means "ro", not ""
+ *           bits 1-2  TLS mode: 0 off, 1 on, 2 require, 3 off
+ *           bit 3     verbose logging (-vv)
+ *           bit 4     one request in flight at most (else 16)
+ *           bit 5     --handshake-limit=0 (else the default 10 s)
+ *   byte 1            how to split the client's bytes: 0 in one go,
+ *                     1..127 chunks of up to that many bytes, 128..255
+ *                     chunks of up to (n - 127) * 512 bytes
+ * Per input: the image is reset, a socketpair made, conn_start() given
+ * the server end; the client's bytes are written chunk by chunk (the
+ * loop runs between chunks, so the server sees partial messages), then
+ * the write side is shut down, and the loop runs until the connection
+ * has closed.  Everything the server writes is read and checked by a
+ * small client-side parser: greeting, option replies, and with
+ * structured replies or extended headers every reply's framing (magic,
+ * header style, chunk types and lengths), which must end on a message
+ * boundary.  A connection still open after 10 s or too many loop
+ * iterations is a hang: abort with a message.
+ *
+ * The server logs go to /dev/null unless RAWNBD_FUZZ_LOG=1.
+ *
+ * RAWNBD_FUZZ_TOLERATE=bug,bug... lets a fuzzing run go on past bugs
+ * already reported and not fixed yet (their reproducers are in
+ * regressions/, listed as open in meson.build):
+ *   handshake-limit-0     bit 5 is ignored (conn.c deletes a handshake
+ *                         timer it never initialised)
+ *   extended-simple-read  a simple reply after extended headers ends
+ *                         the output check instead of failing it
+ *   disconnect-inflight   the client's write side is shut down only
+ *                         once the server has been idle for a while
+ *                         (conn.c frees the connection from inside its
+ *                         own send BH when requests are still in
+ *                         flight at DISC or end of stream); slower
+ */
+#include "fuzz.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "server/server.h"
+
+#define IMAGE_SIZE (1024 * 1024)
+#define HANG_NS (10ll * 1000 * 1000 * 1000)
+#define WATCHDOG_NS (20 * 1000 * 1000)
+#define IDLE_NS (1000 * 1000)
+
+/* ---- what main.c provides to the server library --------------------- */
+
+Server server;
+
+static unsigned default_export;     /* what the empty name means */
+static unsigned long closed_bhs;
+
+Export *server_find_export(const char *name, size_t len)
+{
+    unsigned i;
+
+    if (len == 0) {
+        return server.nexports ? &server.exports[default_export] : NULL;
+    }
+    for (i = 0; i < server.nexports; i++) {
+        Export *e = &server.exports[i];
+
+        if (strlen(e->name) == len && memcmp(e->name, name, len) == 0) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+void server_conn_opened(void)
+{
+    atomic_fetch_add(&server.conns_live, 1);
+}
+
+static void conn_closed_bh(void *opaque)
+{
+    closed_bhs++;
+}
+
+void server_conn_closed(void)
+{
+    atomic_fetch_sub(&server.conns_live, 1);
+    aio_bh_schedule_oneshot(server.main_ctx, conn_closed_bh, NULL,
+                            "conn-closed");
+}
+
+/* ---- set-up ------------------------------------------------------------ */
+
+static ServerConfig cfg;
+static unsigned default_handshake_limit;
+static bool tolerate_hs_limit_0, tolerate_ext_simple, tolerate_inflight;
+static bool watchdog_fired;
+static AioContext *ctx;
+static int img_fd = -1;
+static AioTimer watchdog;
+
+static void die(const char *what)
+{
+    dprintf(2, "fuzz-conn: set-up failed: %s: %s\n", what, strerror(errno));
+    abort();
+}
+
+static void watchdog_cb(void *opaque)
+{
+    /* Wakes a blocking aio_poll(); the loop checks the time. */
+    watchdog_fired = true;
+}
+
+/* The image's contents before each input: holes, and data at 64 KiB
+ * (4 KiB) and 512 KiB (160 KiB), so reads mix data and holes. */
+static void reset_image(void)
+{
+    static uint8_t pattern[160 * 1024];
+    size_t i;
+
+    if (!pattern[1]) {
+        for (i = 0; i < sizeof(pattern); i++) {
+            pattern[i] = (uint8_t)(i * 131 + 7) | 1;
+        }
+    }
+    if (ftruncate(img_fd, 0) < 0 || ftruncate(img_fd, IMAGE_SIZE) < 0 ||
+        pwrite(img_fd, pattern, 4096, 64 * 1024) != 4096 ||
+        pwrite(img_fd, pattern, sizeof(pattern), 512 * 1024) !=
+            (ssize_t)sizeof(pattern)) {
+        die("resetting the image");
+    }
+}
+
+static void setup(void)
+{
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    char *dir = g_strdup_printf("%s/rawnbd-fuzz-XXXXXX", base);
+    char *img, *psk, *spec_ro, *spec_win, *spec_secret, *psk_opt;
+    char **argv;
+    int argc, fd;
+    GError *err = NULL;
+    unsigned i;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (!getenv("RAWNBD_FUZZ_LOG") || strcmp(getenv("RAWNBD_FUZZ_LOG"), "1")) {
+        /* The server logs with fprintf(stderr): send that away, while
+         * sanitizer reports and failed invariants still reach fd 2. */
+        FILE *null = fopen("/dev/null", "w");
+
+        if (null) {
+            stderr = null;
+        }
+    }
+    if (!mkdtemp(dir)) {
+        die("mkdtemp");
+    }
+    img = g_build_filename(dir, "disk.img", NULL);
+    psk = g_build_filename(dir, "keys.psk", NULL);
+    img_fd = open(img, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (img_fd < 0) {
+        die("creating the image");
+    }
+    reset_image();
+    fd = open(psk, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 ||
+        dprintf(fd, "fuzz:000102030405060708090a0b0c0d0e0f\n") < 0) {
+        die("writing the PSK file");
+    }
+    close(fd);
+
+    spec_ro = g_strdup_printf("ro=%s,ro", img);
+    spec_win = g_strdup_printf("win=%s,offset=4608,size=700001", img);
+    spec_secret = g_strdup_printf("secret=%s,tls-only,description=s", img);
+    psk_opt = g_strdup_printf("--tls-psk=%s", psk);
+    {
+        const char *args[] = {
+            "rawnbd-fuzz", "--threads=1",
+            "--tls=on", psk_opt, "--description=fuzz image",
+            "--export", spec_ro, "--export", spec_win,
+            "--export", spec_secret, img, NULL,
+        };
+
+        argc = G_N_ELEMENTS(args) - 1;
+        argv = g_new0(char *, argc + 1);
+        for (i = 0; i < (unsigned)argc; i++) {
+            argv[i] = g_strdup(args[i]);
+        }
+    }
+    cli_parse(argc, argv, &cfg);
+    default_handshake_limit = cfg.handshake_limit;
+    {
+        const char *t = getenv("RAWNBD_FUZZ_TOLERATE");
+
+        tolerate_hs_limit_0 = t && strstr(t, "handshake-limit-0");
+        tolerate_ext_simple = t && strstr(t, "extended-simple-read");
+        tolerate_inflight = t && strstr(t, "disconnect-inflight");
+    }
+    server.cfg = &cfg;
+    server.nexports = cfg.exports->len;
+    server.exports = g_new0(Export, server.nexports);
+    for (i = 0; i < server.nexports; i++) {
+        if (!export_open(&server.exports[i],
+                         g_ptr_array_index(cfg.exports, i), &cfg, &err)) {
+            dprintf(2, "fuzz-conn: export: %s\n", err->message);
+            abort();
+        }
+    }
+    if (!tls_init(&cfg, &err)) {
+        dprintf(2, "fuzz-conn: tls: %s\n", err->message);
+        abort();
+    }
+    /* Everything is open: leave nothing behind on disk. */
+    unlink(img);
+    unlink(psk);
+    rmdir(dir);
+    g_free(img);
+    g_free(psk);
+    g_free(dir);
+    g_free(spec_ro);
+    g_free(spec_win);
+    g_free(spec_secret);
+    g_free(psk_opt);
+    /* cli_parse() may have rearranged argv; its strings stay ours. */
+
+    ctx = aio_context_new();
+    if (!ctx) {
+        die("aio_context_new");
+    }
+    server.main_ctx = ctx;
+    aio_context_set_current(ctx);
+    aio_timer_init(ctx, &watchdog, watchdog_cb, NULL);
+}
+
+/* ---- the client's view of what the server sends ------------------------ */
+
+enum {
+    OUT_GREETING,       /* 18 bytes */
+    OUT_OPTION,         /* option reply, or EXPORT_NAME's reply */
+    OUT_OPT_PAYLOAD,    /* skipping an option reply's payload */
+    OUT_REPLY,          /* transmission replies */
+    OUT_PAYLOAD,        /* skipping a reply's payload */
+    OUT_AFTER_ABORT,    /* nothing may follow */
+    OUT_UNCHECKED,      /* simple replies or TLS: not framed here */
+};
+
+typedef struct OutParser {
+    int state;
+    uint8_t hdr[140];
+    size_t have;        /* bytes in hdr */
+    uint64_t skip;      /* payload bytes still to skip */
+    bool no_zeroes;
+    bool structured, extended;
+    int after_payload;  /* state once the payload is skipped */
+    uint64_t total;     /* bytes seen */
+} OutParser;
+
+static void out_fail(const OutParser *o, const char *why)
+{
+    dprintf(2, "fuzz-conn: server output is wrong at byte %llu: %s\n",
+            (unsigned long long)o->total, why);
+    abort();
+}
+
+/* Bytes of header the current state needs before it can decide. */
+static size_t out_need(const OutParser *o)
+{
+    switch (o->state) {
+    case OUT_GREETING:
+        return NBD_GREETING_SIZE;
+    case OUT_OPTION:
+        if (o->have < 8) {
+            return 8;
+        }
+        if (nbd_get_be64(o->hdr) == NBD_OPT_REPLY_MAGIC) {
+            return NBD_OPT_REPLY_HEADER_SIZE;
+        }
+        return o->no_zeroes ? NBD_EXPORT_NAME_REPLY_SHORT
+                            : NBD_EXPORT_NAME_REPLY_SIZE;
+    case OUT_REPLY:
+        if (o->extended) {
+            return NBD_EXT_CHUNK_SIZE;
+        }
+        if (o->have < 4) {
+            return 4;
+        }
+        return nbd_get_be32(o->hdr) == NBD_SIMPLE_REPLY_MAGIC
+               ? NBD_SIMPLE_REPLY_SIZE : NBD_CHUNK_SIZE;
+    default:
+        return 0;
+    }
+}
+
+static bool is_export_size(uint64_t size)
+{
+    unsigned i;
+
+    for (i = 0; i < server.nexports; i++) {
+        if (server.exports[i].size == size) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void out_option(OutParser *o)
+{
+    uint32_t opt, type, len;
+
+    if (nbd_get_be64(o->hdr) != NBD_OPT_REPLY_MAGIC) {
+        /* The reply to NBD_OPT_EXPORT_NAME: size, flags, zeroes. */
+        if (!is_export_size(nbd_get_be64(o->hdr))) {
+            out_fail(o, "neither an option reply nor an export size");
+        }
+        if (!(nbd_get_be16(o->hdr + 8) & NBD_FLAG_HAS_FLAGS)) {
+            out_fail(o, "transmission flags without HAS_FLAGS");
+        }
+        for (size_t i = 10; i < o->have; i++) {
+            if (o->hdr[i]) {
+                out_fail(o, "EXPORT_NAME reply padding is not zero");
+            }
+        }
+        o->state = o->structured || o->extended ? OUT_REPLY : OUT_UNCHECKED;
+        return;
+    }
+    opt = nbd_get_be32(o->hdr + 8);
+    type = nbd_get_be32(o->hdr + 12);
+    len = nbd_get_be32(o->hdr + 16);
+    o->skip = len;
+    o->after_payload = OUT_OPTION;
+    o->state = OUT_OPT_PAYLOAD;
+    if (NBD_REP_IS_ERR(type)) {
+        if (strcmp(nbd_rep_name(type), "unknown") == 0) {
+            out_fail(o, "unknown option error type");
+        }
+        if (len > NBD_MAX_ERR_MSG) {
+            out_fail(o, "option error message too long");
+        }
+        return;
+    }
+    switch (type) {
+    case NBD_REP_ACK:
+        if (len != 0) {
+            out_fail(o, "NBD_REP_ACK with a payload");
+        }
+        switch (opt) {
+        case NBD_OPT_GO:
+            o->state = o->structured || o->extended ? OUT_REPLY
+                                                    : OUT_UNCHECKED;
+            break;
+        case NBD_OPT_ABORT:
+            o->state = OUT_AFTER_ABORT;
+            break;
+        case NBD_OPT_STARTTLS:
+            o->state = OUT_UNCHECKED;
+            break;
+        case NBD_OPT_STRUCTURED_REPLY:
+            o->structured = true;
+            break;
+        case NBD_OPT_EXTENDED_HEADERS:
+            o->extended = true;
+            break;
+        default:
+            break;
+        }
+        break;
+    case NBD_REP_SERVER:
+        if (opt != NBD_OPT_LIST || len < 4) {
+            out_fail(o, "bad NBD_REP_SERVER");
+        }
+        break;
+    case NBD_REP_INFO:
+        if ((opt != NBD_OPT_INFO && opt != NBD_OPT_GO) || len < 2) {
+            out_fail(o, "bad NBD_REP_INFO");
+        }
+        break;
+    case NBD_REP_META_CONTEXT:
+        if ((opt != NBD_OPT_LIST_META_CONTEXT &&
+             opt != NBD_OPT_SET_META_CONTEXT) || len < 5) {
+            out_fail(o, "bad NBD_REP_META_CONTEXT");
+        }
+        break;
+    default:
+        out_fail(o, "unknown option reply type");
+    }
+}
+
+static void out_chunk(OutParser *o, uint16_t flags, uint16_t type,
+                      uint64_t len)
+{
+    if (flags & ~NBD_REPLY_FLAG_DONE) {
+        out_fail(o, "unknown reply chunk flags");
+    }
+    switch (type) {
+    case NBD_REPLY_TYPE_NONE:
+        if (len != 0 || !(flags & NBD_REPLY_FLAG_DONE)) {
+            out_fail(o, "NBD_REPLY_TYPE_NONE with a payload or not DONE");
+        }
+        break;
+    case NBD_REPLY_TYPE_OFFSET_DATA:
+        if (len <= 8) {
+            out_fail(o, "OFFSET_DATA without data");
+        }
+        break;
+    case NBD_REPLY_TYPE_OFFSET_HOLE:
+        if (len != 12) {
+            out_fail(o, "OFFSET_HOLE of the wrong size");
+        }
+        break;
+    case NBD_REPLY_TYPE_BLOCK_STATUS:
+        if (o->extended) {
+            out_fail(o, "compact BLOCK_STATUS chunk with extended headers");
+        }
+        if (len < 12 || (len - 4) % 8) {
+            out_fail(o, "BLOCK_STATUS chunk of the wrong size");
+        }
+        break;
+    case NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
+        if (!o->extended) {
+            out_fail(o, "BLOCK_STATUS_EXT without extended headers");
+        }
+        if (len < 24 || (len - 8) % 16) {
+            out_fail(o, "BLOCK_STATUS_EXT chunk of the wrong size");
+        }
+        break;
+    case NBD_REPLY_TYPE_ERROR:
+    case NBD_REPLY_TYPE_ERROR_OFFSET:
+        if (len < 6) {
+            out_fail(o, "error chunk too short");
+        }
+        break;
+    default:
+        out_fail(o, "unknown reply chunk type");
+    }
+    o->skip = len;
+    o->after_payload = OUT_REPLY;
+    o->state = OUT_PAYLOAD;
+}
+
+static void out_reply(OutParser *o)
+{
+    uint32_t magic = nbd_get_be32(o->hdr);
+
+    if (o->extended) {
+        if (magic == NBD_SIMPLE_REPLY_MAGIC && tolerate_ext_simple) {
+            /* Known bug: cannot frame what follows. */
+            o->state = OUT_UNCHECKED;
+            return;
+        }
+        if (magic != NBD_EXTENDED_REPLY_MAGIC) {
+            out_fail(o, magic == NBD_SIMPLE_REPLY_MAGIC
+                        ? "simple reply after extended headers"
+                        : "bad reply magic (extended headers)");
+        }
+        out_chunk(o, nbd_get_be16(o->hdr + 4), nbd_get_be16(o->hdr + 6),
+                  nbd_get_be64(o->hdr + 24));
+        return;
+    }
+    if (magic == NBD_SIMPLE_REPLY_MAGIC) {
+        /* With structured replies a simple reply carries no data. */
+        return;
+    }
+    if (magic != NBD_STRUCTURED_REPLY_MAGIC) {
+        out_fail(o, "bad reply magic (structured replies)");
+    }
+    out_chunk(o, nbd_get_be16(o->hdr + 4), nbd_get_be16(o->hdr + 6),
+              nbd_get_be32(o->hdr + 16));
+}
+
+static void out_feed(OutParser *o, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        size_t need, take;
+
+        if (o->state == OUT_UNCHECKED) {
+            o->total += n;
+            return;
+        }
+        if (o->state == OUT_AFTER_ABORT) {
+            out_fail(o, "bytes after the ACK to NBD_OPT_ABORT");
+        }
+        if (o->state == OUT_OPT_PAYLOAD || o->state == OUT_PAYLOAD) {
+            take = o->skip < n ? (size_t)o->skip : n;
+            o->skip -= take;
+            o->total += take;
+            p += take;
+            n -= take;
+            if (o->skip == 0) {
+                o->state = o->after_payload;
+            }
+            continue;
+        }
+        need = out_need(o);
+        take = need - o->have < n ? need - o->have : n;
+        memcpy(o->hdr + o->have, p, take);
+        o->have += take;
+        o->total += take;
+        p += take;
+        n -= take;
+        if (o->have < need || out_need(o) > o->have) {
+            continue;
+        }
+        switch (o->state) {
+        case OUT_GREETING:
+            if (nbd_get_be64(o->hdr) != NBD_MAGIC ||
+                nbd_get_be64(o->hdr + 8) != NBD_OPTS_MAGIC) {
+                out_fail(o, "bad greeting");
+            }
+            o->state = OUT_OPTION;
+            break;
+        case OUT_OPTION:
+            out_option(o);
+            break;
+        case OUT_REPLY:
+            out_reply(o);
+            break;
+        }
+        o->have = 0;
+        if ((o->state == OUT_OPT_PAYLOAD || o->state == OUT_PAYLOAD) &&
+            o->skip == 0) {
+            o->state = o->after_payload;
+        }
+    }
+}
+
+/* The connection closed: the last message must be complete. */
+static void out_finish(const OutParser *o)
+{
+    if (o->state == OUT_UNCHECKED || o->state == OUT_AFTER_ABORT) {
+        return;
+    }
+    if (o->have || o->state == OUT_OPT_PAYLOAD || o->state == OUT_PAYLOAD) {
+        out_fail(o, "connection closed in the middle of a message");
+    }
+}
+
+/* ---- one input ----------------------------------------------------------- */
+
+/* Read what the server wrote; returns the number of bytes. */
+static size_t drain(int fd, OutParser *o)
+{
+    uint8_t buf[64 * 1024];
+    size_t total = 0;
+
+    for (;;) {
+        ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+        if (r > 0) {
+            out_feed(o, buf, r);
+            total += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        return total;   /* EAGAIN, end of stream, or reset */
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static bool ready;
+    OutParser out = { .state = OUT_GREETING };
+    const uint8_t *p;
+    size_t n, pos = 0;
+    uint8_t mode, split;
+    uint32_t rng;
+    unsigned long iters = 0, max_iters;
+    int64_t deadline;
+    bool shut = false;
+    int sv[2], idle = 0;
+
+    if (!ready) {
+        setup();
+        ready = true;
+    }
+    if (size < 2) {
+        return 0;
+    }
+    mode = data[0];
+    split = data[1];
+    p = data + 2;
+    n = size - 2;
+    rng = 0x9e3779b9u ^ split ^ (uint32_t)n;
+
+    default_export = mode & 1;
+    switch ((mode >> 1) & 3) {
+    case 1:
+        cfg.tls = TLS_ON;
+        break;
+    case 2:
+        cfg.tls = TLS_REQUIRE;
+        break;
+    default:
+        cfg.tls = TLS_OFF;
+        break;
+    }
+    log_verbosity = mode & 8 ? 2 : 0;
+    cfg.max_inflight = mode & 16 ? 1 : 16;
+    cfg.handshake_limit = mode & 32 && !tolerate_hs_limit_0
+                          ? 0 : default_handshake_limit;
+    /* The client's flags, as the server will see them. */
+    out.no_zeroes = n >= 4 && (nbd_get_be32(p) & NBD_FLAG_C_NO_ZEROES);
+
+    reset_image();
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                   sv) < 0) {
+        die("socketpair");
+    }
+    server_conn_opened();
+    conn_start(ctx, sv[0], "fuzz");
+
+    max_iters = 4 * n + 100000;
+    deadline = clock_ns() + HANG_NS;
+    while (atomic_load_seq(&server.conns_live) != 0) {
+        if (++iters > max_iters || clock_ns() > deadline) {
+            dprintf(2, "fuzz-conn: HANG: the connection is still open after "
+                    "%lu loop iterations (%zu of %zu client bytes sent%s)\n",
+                    iters, pos, n, shut ? ", then shut down" : "");
+            abort();
+        }
+        if (pos < n) {
+            size_t chunk = n - pos;
+            ssize_t w;
+
+            if (split) {
+                size_t limit = split < 128 ? split : (split - 127u) * 512u;
+
+                rng = rng * 1103515245u + 12345u;
+                chunk = 1 + (rng >> 8) % limit;
+                chunk = chunk < n - pos ? chunk : n - pos;
+            }
+            w = send(sv[1], p + pos, chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w > 0) {
+                pos += w;
+            } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                pos = n;    /* the server closed its end */
+            }
+        } else if (!shut && (!tolerate_inflight || idle >= 2)) {
+            shutdown(sv[1], SHUT_WR);
+            shut = true;
+        }
+        if (drain(sv[1], &out)) {
+            idle = 0;
+        }
+        watchdog_fired = false;
+        aio_timer_mod(&watchdog, clock_ns() +
+                      (tolerate_inflight && pos == n ? IDLE_NS : WATCHDOG_NS));
+        if (!aio_poll(ctx, true) || (watchdog_fired && pos == n)) {
+            idle++;
+        }
+    }
+    aio_timer_del(&watchdog);
+    drain(sv[1], &out);
+    out_finish(&out);
+    close(sv[1]);
+    /* The close BH and anything else left over. */
+    while (aio_poll(ctx, false)) {
+    }
+    return 0;
+}
