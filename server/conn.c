@@ -60,6 +60,7 @@ static ssize_t plain_sendv(Conn *c, const struct iovec *iov, int n)
 static const Transport plain_transport = {
     .recv = plain_recv,
     .sendv = plain_sendv,
+    .short_read_drains = true,
 };
 
 /* ---- connection registry (main thread <-> loops) ------------------------ */
@@ -167,6 +168,7 @@ int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
 
     while (len > 0) {
         size_t avail = c->in_end - c->in_start;
+        size_t want;
         bool direct;
         ssize_t r;
 
@@ -180,11 +182,21 @@ int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
             continue;
         }
         c->in_start = c->in_end = 0;
+        if (c->rd_drained) {
+            int ret;
+
+            c->rd_drained = false;
+            ret = aio_cofd_wait_readable(&c->cofd);
+            if (ret < 0) {
+                return ret;
+            }
+        }
         /* Big payloads go straight to their buffer: no extra copy. */
         direct = len >= CONN_IN_SIZE / 2;
-        r = direct ? c->tr->recv(c, dst, len)
-                   : c->tr->recv(c, c->in, CONN_IN_SIZE);
+        want = direct ? len : CONN_IN_SIZE;
+        r = c->tr->recv(c, direct ? dst : c->in, want);
         if (r > 0) {
+            c->rd_drained = c->tr->short_read_drains && (size_t)r < want;
             if (direct) {
                 dst += r;
                 len -= r;

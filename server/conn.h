@@ -30,6 +30,11 @@ typedef struct Transport {
      * Returns 0 when none are left, -EAGAIN (wait writable) or -errno.
      */
     int (*flush)(Conn *c);
+    /*
+     * A short recv() means the socket had nothing more: wait for the next
+     * edge instead of calling recv() again just to see EAGAIN.
+     */
+    bool short_read_drains;
 } Transport;
 
 /* One request in flight, from its header until its reply is sent. */
@@ -62,6 +67,7 @@ struct Conn {
     uint8_t *in;
     size_t in_start, in_end;
     int64_t recv_ns;                /* when the buffer was last filled */
+    bool rd_drained;                /* last recv was short (see Transport) */
 
     /* Negotiated state. */
     bool no_zeroes;

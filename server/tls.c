@@ -228,6 +228,7 @@ static const Transport tls_transport = {
     .recv = tls_recv,
     .sendv = tls_sendv,
     .flush = tls_flush,
+    .short_read_drains = false,     /* gnutls returns one record at a time */
 };
 
 /* ---- per connection ---------------------------------------------------- */
@@ -264,6 +265,7 @@ int coroutine_fn tls_start(Conn *c)
 
     /* Bytes read before the upgrade are plaintext: never feed them on. */
     c->in_start = c->in_end = 0;
+    c->rd_drained = false;
     for (;;) {
         r = gnutls_handshake(s);
         if (r == 0) {
