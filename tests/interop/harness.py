@@ -1,0 +1,351 @@
+"""harness: TAP output, rawnbd processes and test images for the Python
+interop tests.
+
+Each test function is registered with @test and runs in order; a failing
+assertion or any exception makes it "not ok" with the traceback and the
+tail of every server log as TAP diagnostics.  Servers are started with
+Server(...) (a context manager) on a private unix socket or a free
+loopback port, and only the process it started is ever signalled; on
+leaving the block the server must exit with status 0 and a log free of
+sanitizer reports, else the test fails.
+"""
+
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import nbdraw
+
+RAWNBD = os.environ.get("RAWNBD")
+
+_tests = []
+_servers_this_test = []
+
+
+class Skip(Exception):
+    """Raise to skip the running test."""
+
+
+def test(fn):
+    _tests.append(fn)
+    return fn
+
+
+def diag(text):
+    for line in str(text).splitlines():
+        print("# " + line)
+    sys.stdout.flush()
+
+
+def main():
+    """Run the registered tests (or those named on the command line)."""
+    wanted = sys.argv[1:]
+    tests = [t for t in _tests if not wanted or t.__name__ in wanted]
+    if not RAWNBD or not os.access(RAWNBD, os.X_OK):
+        print("1..0 # SKIP RAWNBD is not set to the rawnbd executable")
+        return 0
+    print("1..%d" % len(tests))
+    sys.stdout.flush()
+    failed = 0
+    for i, fn in enumerate(tests, 1):
+        name = fn.__name__.replace("_", "-")
+        _servers_this_test.clear()
+        start = time.monotonic()
+        try:
+            fn()
+        except Skip as e:
+            print("ok %d - %s # SKIP %s" % (i, name, e))
+        except BaseException as e:  # noqa: B902 - report everything
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            failed += 1
+            print("not ok %d - %s" % (i, name))
+            diag(traceback.format_exc())
+            for s in _servers_this_test:
+                s.kill_if_running()
+                diag("--- log of %s ---\n%s" % (s.describe(), s.log_tail()))
+        else:
+            print("ok %d - %s (%.1f s)" % (i, name,
+                                          time.monotonic() - start))
+        finally:
+            for s in _servers_this_test:
+                s.kill_if_running()
+                s.cleanup()
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def run():
+    sys.exit(main())
+
+
+# ---- processes ----------------------------------------------------------
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "ERROR: ThreadSanitizer",
+                   "WARNING: ThreadSanitizer")
+
+
+def sanitizer_report(text):
+    """The first line of a sanitizer report in @text, or None."""
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKS):
+            return line
+    return None
+
+
+def free_port():
+    """A TCP port that was free a moment ago on 127.0.0.1 (and ::1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One rawnbd process.
+
+    Server(image, "-t", ...) listens on a unix socket in its own temporary
+    directory; Server(image, tcp=True) on a free 127.0.0.1 port (or
+    bind="::1").  --print-uri is always passed: reading the URI line is
+    how we know it listens.
+    """
+
+    def __init__(self, image, *args, tcp=False, bind="127.0.0.1",
+                 unix=True, wait=True, env=None):
+        self.dir = tempfile.mkdtemp(prefix="rawnbd-srv-")
+        self.image = image
+        self.args = list(args)
+        self.tcp = tcp
+        self.bind = bind
+        self.proc = None
+        self.uri = None
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.sock_path = None
+        self.port = None
+        self.returncode = None
+        _servers_this_test.append(self)
+        if tcp:
+            self._start_tcp(env)
+        else:
+            self.sock_path = os.path.join(self.dir, "nbd.sock")
+            self._spawn(["-k", self.sock_path] + self.args, env)
+        if wait:
+            self.wait_listening()
+
+    def describe(self):
+        return "rawnbd %s" % " ".join(self.argv[1:])
+
+    def _spawn(self, extra, env):
+        self.argv = [RAWNBD, "--print-uri"] + extra + [self.image]
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=self.log, env=full_env)
+
+    def _start_tcp(self, env):
+        for attempt in range(5):
+            self.port = free_port()
+            self._spawn(["-b", self.bind, "-p", str(self.port)] + self.args,
+                        env)
+            try:
+                self.wait_listening()
+                return
+            except AssertionError:
+                if self.proc.poll() is None or attempt == 4:
+                    raise
+                # Port taken in between: try another.
+                self.log.close()
+
+    def wait_listening(self, timeout=30.0):
+        if self.uri:
+            return self.uri
+        deadline = time.monotonic() + timeout
+        line = b""
+        fd = self.proc.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([fd], [], [], max(left, 0))
+            if not r:
+                raise AssertionError("%s: no URI on stdout after %.0f s"
+                                     % (self.describe(), timeout))
+            b = os.read(fd, 1)
+            if not b:
+                rc = self.proc.wait()
+                raise AssertionError("%s exited with %d before listening: %s"
+                                     % (self.describe(), rc,
+                                        self.log_tail()))
+            line += b
+        self.uri = line.decode().strip()
+        return self.uri
+
+    @property
+    def address(self):
+        if self.sock_path:
+            return self.sock_path
+        return (self.bind, self.port)
+
+    def client(self, **kw):
+        return nbdraw.Client(self.address, **kw)
+
+    def connect(self, **kw):
+        """A client past the usual negotiation (SR + base:allocation)."""
+        c = self.client()
+        try:
+            return c.connect_export(**kw)
+        except BaseException:
+            c.close()
+            raise
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout=30.0):
+        """Wait for the process to exit by itself; returns its status."""
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("%s still running after %.0f s"
+                                 % (self.describe(), timeout))
+        return self.returncode
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        """Signal the server and wait; returns its exit status."""
+        if self.running():
+            self.proc.send_signal(sig)
+        return self.wait_exit(timeout)
+
+    def check_clean_exit(self, rc=None):
+        if rc is None:
+            rc = self.returncode
+        log = self.log_text()
+        report = sanitizer_report(log)
+        assert report is None, "sanitizer report in the server log: %s" % (
+            report,)
+        assert rc == 0, "%s exited with status %s" % (self.describe(), rc)
+
+    def kill_if_running(self):
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=40):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def cleanup(self):
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        if getattr(self, "log", None):
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        if etype is not None:
+            return False
+        self.stop()
+        self.check_clean_exit()
+        return False
+
+
+# ---- images -----------------------------------------------------------------
+
+class Workdir:
+    """A temporary directory for images, removed at the end."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="rawnbd-test-")
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def pattern(seed, length):
+    """Deterministic pseudo-random bytes; every 4 KiB block also starts
+    with the seed and its block number, so misplaced data shows."""
+    base = random.Random(seed).randbytes(4096)
+    n = (length + 4095) // 4096
+    out = b"".join(struct.pack("<QQ", seed, i) + base[16:] for i in range(n))
+    return out[:length]
+
+
+def make_image(path, size, data=()):
+    """A sparse file of @size bytes with data regions [(offset, bytes)];
+    everything else is a hole."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, b in data:
+            f.seek(off)
+            f.write(b)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def file_map(path):
+    """The data/hole layout of a file as [(offset, length, is_hole)]."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                data = size
+            if data > pos:
+                out.append((pos, data - pos, True))
+                pos = data
+                continue
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            out.append((pos, hole - pos, False))
+            pos = hole
+    finally:
+        os.close(fd)
+    return out
+
+
+def read_file(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def blocks(path):
+    """Allocated 512-byte units of @path."""
+    return os.stat(path).st_blocks
+
+
+def check_eq(actual, expected, what):
+    assert actual == expected, "%s: expected %r, got %r" % (what, expected,
+                                                           actual)
