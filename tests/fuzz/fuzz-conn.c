@@ -27,10 +27,13 @@
  * loop runs between chunks, so the server sees partial messages), then
  * the write side is shut down, and the loop runs until the connection
  * has closed.  Everything the server writes is read and checked by a
- * small client-side parser: greeting, option replies, and with
- * structured replies or extended headers every reply's framing (magic,
- * header style, chunk types and lengths), which must end on a message
- * boundary.  A connection still open after 10 s or too many loop
+ * small client-side parser: greeting, option replies (one final answer
+ * per option), then, with the client's requests framed from its bytes
+ * once the answers show where transmission starts, every reply: magic
+ * and header style as negotiated, a cookie of a request still open,
+ * chunk types and lengths that fit the request, READ data in simple
+ * replies only without structured replies; the output must end on a
+ * message boundary with every request answered.  A connection still open after 10 s or too many loop
  * iterations is a hang: abort with a message.
  *
  * The server logs go to /dev/null unless RAWNBD_FUZZ_LOG=1.
@@ -40,13 +43,16 @@
  * regressions/, listed as open in meson.build):
  *   handshake-limit-0     bit 5 is ignored (conn.c deletes a handshake
  *                         timer it never initialised)
- *   extended-simple-read  a simple reply after extended headers ends
- *                         the output check instead of failing it
- *   disconnect-inflight   the client's write side is shut down only
- *                         once the server has been idle for a while
+ *   disconnect-inflight   options are sent one at a time, and DISC, a
+ *                         bad request magic or the end of the stream
+ *                         only once every request has its reply
  *                         (conn.c frees the connection from inside its
- *                         own send BH when requests are still in
- *                         flight at DISC or end of stream); slower
+ *                         own send BH when its receive loop ends with
+ *                         requests in flight)
+ *   starttls-eof          from the first STARTTLS option on, the rest
+ *                         of the input goes in one piece (the TLS
+ *                         handshake misses the client's end of stream
+ *                         when the TLS bytes come after the ACK)
  */
 #include "fuzz.h"
 
@@ -60,9 +66,10 @@
 #include "server/server.h"
 
 #define IMAGE_SIZE (1024 * 1024)
-#define HANG_NS (10ll * 1000 * 1000 * 1000)
+/* Below the server's 10 s handshake limit, so that a connection only
+ * that timer would drop counts as a hang. */
+#define HANG_NS (5ll * 1000 * 1000 * 1000)
 #define WATCHDOG_NS (20 * 1000 * 1000)
-#define IDLE_NS (1000 * 1000)
 
 /* ---- what main.c provides to the server library --------------------- */
 
@@ -109,8 +116,7 @@ void server_conn_closed(void)
 
 static ServerConfig cfg;
 static unsigned default_handshake_limit;
-static bool tolerate_hs_limit_0, tolerate_ext_simple, tolerate_inflight;
-static bool watchdog_fired;
+static bool tolerate_hs_limit_0, tolerate_inflight, tolerate_starttls;
 static AioContext *ctx;
 static int img_fd = -1;
 static AioTimer watchdog;
@@ -123,8 +129,7 @@ static void die(const char *what)
 
 static void watchdog_cb(void *opaque)
 {
-    /* Wakes a blocking aio_poll(); the loop checks the time. */
-    watchdog_fired = true;
+    /* Only wakes a blocking aio_poll(); the loop checks the time. */
 }
 
 /* The image's contents before each input: holes, and data at 64 KiB
@@ -152,6 +157,7 @@ static void setup(void)
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
     char *dir = g_strdup_printf("%s/rawnbd-fuzz-XXXXXX", base);
     char *img, *psk, *spec_ro, *spec_win, *spec_secret, *psk_opt;
+    static char *args_copy[16];
     char **argv;
     int argc, fd;
     GError *err = NULL;
@@ -199,7 +205,9 @@ static void setup(void)
         argc = G_N_ELEMENTS(args) - 1;
         argv = g_new0(char *, argc + 1);
         for (i = 0; i < (unsigned)argc; i++) {
-            argv[i] = g_strdup(args[i]);
+            /* cli_parse() takes options out of argv: keep the strings. */
+            args_copy[i] = g_strdup(args[i]);
+            argv[i] = args_copy[i];
         }
     }
     cli_parse(argc, argv, &cfg);
@@ -208,8 +216,8 @@ static void setup(void)
         const char *t = getenv("RAWNBD_FUZZ_TOLERATE");
 
         tolerate_hs_limit_0 = t && strstr(t, "handshake-limit-0");
-        tolerate_ext_simple = t && strstr(t, "extended-simple-read");
         tolerate_inflight = t && strstr(t, "disconnect-inflight");
+        tolerate_starttls = t && strstr(t, "starttls-eof");
     }
     server.cfg = &cfg;
     server.nexports = cfg.exports->len;
@@ -236,7 +244,7 @@ static void setup(void)
     g_free(spec_win);
     g_free(spec_secret);
     g_free(psk_opt);
-    /* cli_parse() may have rearranged argv; its strings stay ours. */
+    g_free(argv);
 
     ctx = aio_context_new();
     if (!ctx) {
@@ -245,6 +253,91 @@ static void setup(void)
     server.main_ctx = ctx;
     aio_context_set_current(ctx);
     aio_timer_init(ctx, &watchdog, watchdog_cb, NULL);
+}
+
+/* ---- the client's stream, framed as the server will read it ---------- */
+
+#define MAX_OPTS 4096
+#define MAX_REQS 4096
+
+typedef struct Req {
+    uint64_t cookie;
+    uint64_t length;
+    uint16_t type;
+    bool answered;
+} Req;
+
+typedef struct Client {
+    const uint8_t *p;
+    size_t n;
+    /* Option messages: where each ends (it may end past n). */
+    size_t opt_end[MAX_OPTS];
+    unsigned nopts;
+    size_t starttls;        /* where the first STARTTLS starts, or n */
+    /* Transmission, once the server's answers say where it starts. */
+    bool trans_known;
+    size_t trans_start;
+    Req reqs[MAX_REQS];
+    unsigned nreqs;
+    size_t terminal;        /* DISC, bad magic or end: stops reading */
+    bool overflow;          /* too many to track: stop checking */
+} Client;
+
+static void client_frame_options(Client *cl)
+{
+    size_t off = NBD_CLIENT_FLAGS_SIZE;
+
+    cl->starttls = cl->n;
+    while (cl->nopts < MAX_OPTS && off + NBD_OPT_HEADER_SIZE <= cl->n) {
+        uint32_t opt, len;
+
+        if (nbd_opt_header_decode(cl->p + off, &opt, &len) < 0 ||
+            (opt == NBD_OPT_EXPORT_NAME && len > NBD_MAX_STRING) ||
+            len > (1u << 20)) {
+            return;     /* the server disconnects here */
+        }
+        if (opt == NBD_OPT_STARTTLS && cl->starttls == cl->n) {
+            cl->starttls = off;
+        }
+        off += NBD_OPT_HEADER_SIZE + (size_t)len;
+        cl->opt_end[cl->nopts++] = off;
+        if (off >= cl->n) {
+            return;
+        }
+    }
+}
+
+/* Transmission starts after option `k` (0-based): list the requests. */
+static void client_frame_requests(Client *cl, unsigned k, bool extended)
+{
+    size_t off = k < cl->nopts ? cl->opt_end[k] : cl->n;
+    size_t hsize = nbd_request_size(extended);
+
+    cl->trans_known = true;
+    cl->trans_start = off;
+    cl->terminal = cl->n;
+    while (off + hsize <= cl->n) {
+        NBDRequest req;
+        uint64_t payload;
+
+        if (nbd_request_decode(cl->p + off, extended, &req) < 0 ||
+            req.type == NBD_CMD_DISC) {
+            cl->terminal = off;
+            return;
+        }
+        payload = nbd_request_payload_len(&req, extended);
+        if (payload > cl->n - off - hsize) {
+            return;     /* cut short: the server gets EOF reading it */
+        }
+        if (cl->nreqs == MAX_REQS) {
+            cl->overflow = true;
+            return;
+        }
+        cl->reqs[cl->nreqs++] = (Req) {
+            .cookie = req.cookie, .length = req.length, .type = req.type,
+        };
+        off += hsize + payload;
+    }
 }
 
 /* ---- the client's view of what the server sends ------------------------ */
@@ -256,10 +349,11 @@ enum {
     OUT_REPLY,          /* transmission replies */
     OUT_PAYLOAD,        /* skipping a reply's payload */
     OUT_AFTER_ABORT,    /* nothing may follow */
-    OUT_UNCHECKED,      /* simple replies or TLS: not framed here */
+    OUT_UNCHECKED,      /* TLS, or lost track: not framed here */
 };
 
 typedef struct OutParser {
+    Client *cl;
     int state;
     uint8_t hdr[140];
     size_t have;        /* bytes in hdr */
@@ -268,6 +362,8 @@ typedef struct OutParser {
     bool structured, extended;
     int after_payload;  /* state once the payload is skipped */
     uint64_t total;     /* bytes seen */
+    unsigned answered;  /* options with their final reply */
+    unsigned replies;   /* requests with their final reply */
 } OutParser;
 
 static void out_fail(const OutParser *o, const char *why)
@@ -318,6 +414,17 @@ static bool is_export_size(uint64_t size)
     return false;
 }
 
+/* The answer to option number o->answered took us to transmission. */
+static void out_enter_transmission(OutParser *o)
+{
+    o->state = OUT_REPLY;
+    client_frame_requests(o->cl, o->answered, o->extended);
+    o->answered++;
+    if (o->cl->overflow) {
+        o->state = OUT_UNCHECKED;
+    }
+}
+
 static void out_option(OutParser *o)
 {
     uint32_t opt, type, len;
@@ -335,7 +442,7 @@ static void out_option(OutParser *o)
                 out_fail(o, "EXPORT_NAME reply padding is not zero");
             }
         }
-        o->state = o->structured || o->extended ? OUT_REPLY : OUT_UNCHECKED;
+        out_enter_transmission(o);
         return;
     }
     opt = nbd_get_be32(o->hdr + 8);
@@ -351,6 +458,7 @@ static void out_option(OutParser *o)
         if (len > NBD_MAX_ERR_MSG) {
             out_fail(o, "option error message too long");
         }
+        o->answered++;
         return;
     }
     switch (type) {
@@ -360,9 +468,8 @@ static void out_option(OutParser *o)
         }
         switch (opt) {
         case NBD_OPT_GO:
-            o->state = o->structured || o->extended ? OUT_REPLY
-                                                    : OUT_UNCHECKED;
-            break;
+            out_enter_transmission(o);
+            return;
         case NBD_OPT_ABORT:
             o->state = OUT_AFTER_ABORT;
             break;
@@ -378,6 +485,7 @@ static void out_option(OutParser *o)
         default:
             break;
         }
+        o->answered++;
         break;
     case NBD_REP_SERVER:
         if (opt != NBD_OPT_LIST || len < 4) {
@@ -400,9 +508,79 @@ static void out_option(OutParser *o)
     }
 }
 
-static void out_chunk(OutParser *o, uint16_t flags, uint16_t type,
-                      uint64_t len)
+/*
+ * The request a reply with this cookie answers: the oldest one still
+ * open, of a command that can get this reply (type: NBD_CMD_READ for
+ * read data, NBD_CMD_BLOCK_STATUS for extents, -1 for any).  A client
+ * may reuse a cookie; when open requests share it and differ, which
+ * one the server answered cannot be told: NULL, and the caller stops
+ * checking.
+ */
+static Req *out_find_req(OutParser *o, uint64_t cookie, int type)
 {
+    Client *cl = o->cl;
+    Req *found = NULL;
+    unsigned i;
+
+    for (i = 0; i < cl->nreqs; i++) {
+        Req *r = &cl->reqs[i];
+
+        if (r->answered || r->cookie != cookie) {
+            continue;
+        }
+        if (!found) {
+            found = r;
+        } else if (found->type != r->type || found->length != r->length) {
+            return NULL;
+        }
+    }
+    if (!found) {
+        out_fail(o, "a reply to no request in flight (cookie unknown or "
+                    "answered already)");
+    }
+    if (type >= 0 && found->type != (unsigned)type) {
+        out_fail(o, type == NBD_CMD_READ
+                    ? "read data or hole in reply to no READ"
+                    : "block status in reply to no BLOCK_STATUS");
+    }
+    return found;
+}
+
+/* A final reply; r is NULL when which request it answers is unclear. */
+static void out_done(OutParser *o, Req *r)
+{
+    Client *cl = o->cl;
+    unsigned i;
+
+    if (!r) {
+        /* Some request with this cookie: the first open one will do for
+         * counting. */
+        for (i = 0; i < cl->nreqs && !r; i++) {
+            if (!cl->reqs[i].answered &&
+                cl->reqs[i].cookie == nbd_get_be64(o->hdr + 8)) {
+                r = &cl->reqs[i];
+            }
+        }
+    }
+    r->answered = true;
+    o->replies++;
+}
+
+static void out_chunk(OutParser *o, uint64_t cookie, uint16_t flags,
+                      uint16_t type, uint64_t len)
+{
+    int want = -1;
+
+    if (type == NBD_REPLY_TYPE_OFFSET_DATA ||
+        type == NBD_REPLY_TYPE_OFFSET_HOLE) {
+        want = NBD_CMD_READ;
+    } else if (type == NBD_REPLY_TYPE_BLOCK_STATUS ||
+               type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT) {
+        want = NBD_CMD_BLOCK_STATUS;
+    }
+    Req *r;
+
+    r = out_find_req(o, cookie, want);
     if (flags & ~NBD_REPLY_FLAG_DONE) {
         out_fail(o, "unknown reply chunk flags");
     }
@@ -413,28 +591,28 @@ static void out_chunk(OutParser *o, uint16_t flags, uint16_t type,
         }
         break;
     case NBD_REPLY_TYPE_OFFSET_DATA:
-        if (len <= 8) {
+    case NBD_REPLY_TYPE_OFFSET_HOLE:
+        if (type == NBD_REPLY_TYPE_OFFSET_DATA && len <= 8) {
             out_fail(o, "OFFSET_DATA without data");
         }
-        break;
-    case NBD_REPLY_TYPE_OFFSET_HOLE:
-        if (len != 12) {
+        if (type == NBD_REPLY_TYPE_OFFSET_HOLE && len != 12) {
             out_fail(o, "OFFSET_HOLE of the wrong size");
+        }
+        if (r && len > r->length + 8) {
+            out_fail(o, "more data than the READ asked for");
         }
         break;
     case NBD_REPLY_TYPE_BLOCK_STATUS:
-        if (o->extended) {
-            out_fail(o, "compact BLOCK_STATUS chunk with extended headers");
+    case NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
+        if (o->extended != (type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT)) {
+            out_fail(o, "block status chunk of the other header style");
         }
-        if (len < 12 || (len - 4) % 8) {
+        if (type == NBD_REPLY_TYPE_BLOCK_STATUS &&
+            (len < 12 || (len - 4) % 8)) {
             out_fail(o, "BLOCK_STATUS chunk of the wrong size");
         }
-        break;
-    case NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
-        if (!o->extended) {
-            out_fail(o, "BLOCK_STATUS_EXT without extended headers");
-        }
-        if (len < 24 || (len - 8) % 16) {
+        if (type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT &&
+            (len < 24 || (len - 8) % 16)) {
             out_fail(o, "BLOCK_STATUS_EXT chunk of the wrong size");
         }
         break;
@@ -447,6 +625,9 @@ static void out_chunk(OutParser *o, uint16_t flags, uint16_t type,
     default:
         out_fail(o, "unknown reply chunk type");
     }
+    if (flags & NBD_REPLY_FLAG_DONE) {
+        out_done(o, r);
+    }
     o->skip = len;
     o->after_payload = OUT_REPLY;
     o->state = OUT_PAYLOAD;
@@ -455,30 +636,47 @@ static void out_chunk(OutParser *o, uint16_t flags, uint16_t type,
 static void out_reply(OutParser *o)
 {
     uint32_t magic = nbd_get_be32(o->hdr);
+    uint64_t cookie = nbd_get_be64(o->hdr + 8);
 
-    if (o->extended) {
-        if (magic == NBD_SIMPLE_REPLY_MAGIC && tolerate_ext_simple) {
-            /* Known bug: cannot frame what follows. */
+    if (magic == NBD_SIMPLE_REPLY_MAGIC && !o->extended) {
+        Req *r = out_find_req(o, cookie, -1);
+        uint32_t err = nbd_get_be32(o->hdr + 4);
+
+        if (!r) {
+            /* Which READ (of which length) cannot be told. */
+            out_done(o, r);
             o->state = OUT_UNCHECKED;
             return;
         }
+        out_done(o, r);
+        if (err && strcmp(nbd_err_name(err), "unknown") == 0) {
+            out_fail(o, "simple reply with an unknown error");
+        }
+        if (r->type == NBD_CMD_READ && !err) {
+            if (o->structured) {
+                out_fail(o, "READ data in a simple reply after structured "
+                            "replies were negotiated");
+            }
+            o->skip = r->length;
+            o->after_payload = OUT_REPLY;
+            o->state = OUT_PAYLOAD;
+        }
+        return;
+    }
+    if (o->extended) {
         if (magic != NBD_EXTENDED_REPLY_MAGIC) {
             out_fail(o, magic == NBD_SIMPLE_REPLY_MAGIC
                         ? "simple reply after extended headers"
                         : "bad reply magic (extended headers)");
         }
-        out_chunk(o, nbd_get_be16(o->hdr + 4), nbd_get_be16(o->hdr + 6),
-                  nbd_get_be64(o->hdr + 24));
+        out_chunk(o, cookie, nbd_get_be16(o->hdr + 4),
+                  nbd_get_be16(o->hdr + 6), nbd_get_be64(o->hdr + 24));
         return;
     }
-    if (magic == NBD_SIMPLE_REPLY_MAGIC) {
-        /* With structured replies a simple reply carries no data. */
-        return;
+    if (magic != NBD_STRUCTURED_REPLY_MAGIC || !o->structured) {
+        out_fail(o, "bad reply magic");
     }
-    if (magic != NBD_STRUCTURED_REPLY_MAGIC) {
-        out_fail(o, "bad reply magic (structured replies)");
-    }
-    out_chunk(o, nbd_get_be16(o->hdr + 4), nbd_get_be16(o->hdr + 6),
+    out_chunk(o, cookie, nbd_get_be16(o->hdr + 4), nbd_get_be16(o->hdr + 6),
               nbd_get_be32(o->hdr + 16));
 }
 
@@ -538,7 +736,8 @@ static void out_feed(OutParser *o, const uint8_t *p, size_t n)
     }
 }
 
-/* The connection closed: the last message must be complete. */
+/* The connection closed: the last message must be complete, and every
+ * request the server read must have had its reply. */
 static void out_finish(const OutParser *o)
 {
     if (o->state == OUT_UNCHECKED || o->state == OUT_AFTER_ABORT) {
@@ -547,6 +746,54 @@ static void out_finish(const OutParser *o)
     if (o->have || o->state == OUT_OPT_PAYLOAD || o->state == OUT_PAYLOAD) {
         out_fail(o, "connection closed in the middle of a message");
     }
+    if (o->state == OUT_REPLY && o->replies != o->cl->nreqs) {
+        out_fail(o, "connection closed with requests left unanswered");
+    }
+}
+
+/* How far the client may send for now.  Normally everything; with the
+ * disconnect-inflight tolerance, one option at a time (each waits for
+ * its answer), and nothing that makes the server stop reading (DISC, a
+ * bad magic, the end) while requests are unanswered. */
+static size_t client_may_send_inflight(const Client *cl,
+                                       const OutParser *o);
+
+static size_t client_may_send(const Client *cl, const OutParser *o,
+                              size_t pos)
+{
+    size_t limit;
+
+    if (tolerate_starttls && pos >= cl->starttls) {
+        return cl->n;
+    }
+    limit = client_may_send_inflight(cl, o);
+    if (tolerate_starttls && limit > cl->starttls) {
+        /* Up to STARTTLS; from there on everything at once. */
+        limit = cl->starttls;
+    }
+    return limit;
+}
+
+static size_t client_may_send_inflight(const Client *cl, const OutParser *o)
+{
+    if (!tolerate_inflight || o->state == OUT_UNCHECKED ||
+        o->state == OUT_AFTER_ABORT) {
+        return cl->n;
+    }
+    if (!cl->trans_known) {
+        if (o->answered < cl->nopts) {
+            size_t end = cl->opt_end[o->answered];
+
+            return end < cl->n ? end : cl->n;
+        }
+        /* The answers so far did not start transmission: the rest is
+         * bytes the server will not frame as options. */
+        return cl->n;
+    }
+    if (o->replies < cl->nreqs) {
+        return cl->terminal;
+    }
+    return cl->n;
 }
 
 /* ---- one input ----------------------------------------------------------- */
@@ -575,7 +822,8 @@ static size_t drain(int fd, OutParser *o)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool ready;
-    OutParser out = { .state = OUT_GREETING };
+    static Client cl;
+    OutParser out = { .cl = &cl, .state = OUT_GREETING };
     const uint8_t *p;
     size_t n, pos = 0;
     uint8_t mode, split;
@@ -583,7 +831,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned long iters = 0, max_iters;
     int64_t deadline;
     bool shut = false;
-    int sv[2], idle = 0;
+    int sv[2];
 
     if (!ready) {
         setup();
@@ -616,6 +864,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                           ? 0 : default_handshake_limit;
     /* The client's flags, as the server will see them. */
     out.no_zeroes = n >= 4 && (nbd_get_be32(p) & NBD_FLAG_C_NO_ZEROES);
+    memset(&cl, 0, sizeof(cl));
+    cl.p = p;
+    cl.n = n;
+    client_frame_options(&cl);
 
     reset_image();
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
@@ -628,22 +880,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     max_iters = 4 * n + 100000;
     deadline = clock_ns() + HANG_NS;
     while (atomic_load_seq(&server.conns_live) != 0) {
+        size_t limit;
+
+        /* The answers so far decide how much may go now. */
+        drain(sv[1], &out);
+        limit = client_may_send(&cl, &out, pos);
+
         if (++iters > max_iters || clock_ns() > deadline) {
             dprintf(2, "fuzz-conn: HANG: the connection is still open after "
                     "%lu loop iterations (%zu of %zu client bytes sent%s)\n",
                     iters, pos, n, shut ? ", then shut down" : "");
             abort();
         }
-        if (pos < n) {
-            size_t chunk = n - pos;
+        if (pos < limit) {
+            size_t chunk = limit - pos;
             ssize_t w;
 
-            if (split) {
-                size_t limit = split < 128 ? split : (split - 127u) * 512u;
+            if (split && !(tolerate_starttls && pos >= cl.starttls)) {
+                size_t most = split < 128 ? split : (split - 127u) * 512u;
 
                 rng = rng * 1103515245u + 12345u;
-                chunk = 1 + (rng >> 8) % limit;
-                chunk = chunk < n - pos ? chunk : n - pos;
+                chunk = 1 + (rng >> 8) % most;
+                chunk = chunk < limit - pos ? chunk : limit - pos;
             }
             w = send(sv[1], p + pos, chunk, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (w > 0) {
@@ -651,19 +909,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
                 pos = n;    /* the server closed its end */
             }
-        } else if (!shut && (!tolerate_inflight || idle >= 2)) {
+        } else if (pos == n && !shut &&
+                   (!tolerate_inflight || out.replies >= cl.nreqs ||
+                    out.state == OUT_UNCHECKED)) {
             shutdown(sv[1], SHUT_WR);
             shut = true;
         }
-        if (drain(sv[1], &out)) {
-            idle = 0;
-        }
-        watchdog_fired = false;
-        aio_timer_mod(&watchdog, clock_ns() +
-                      (tolerate_inflight && pos == n ? IDLE_NS : WATCHDOG_NS));
-        if (!aio_poll(ctx, true) || (watchdog_fired && pos == n)) {
-            idle++;
-        }
+        drain(sv[1], &out);
+        aio_timer_mod(&watchdog, clock_ns() + WATCHDOG_NS);
+        aio_poll(ctx, true);
     }
     aio_timer_del(&watchdog);
     drain(sv[1], &out);
