@@ -49,6 +49,8 @@
  *                         (conn.c frees the connection from inside its
  *                         own send BH when its receive loop ends with
  *                         requests in flight)
+ *   read-zero-length      an OFFSET_DATA chunk without data, answering
+ *                         a READ of length 0, passes
  *   starttls-eof          from the first STARTTLS option on, the rest
  *                         of the input goes in one piece (the TLS
  *                         handshake misses the client's end of stream
@@ -117,6 +119,7 @@ void server_conn_closed(void)
 static ServerConfig cfg;
 static unsigned default_handshake_limit;
 static bool tolerate_hs_limit_0, tolerate_inflight, tolerate_starttls;
+static bool tolerate_read0;
 static AioContext *ctx;
 static int img_fd = -1;
 static AioTimer watchdog;
@@ -218,6 +221,7 @@ static void setup(void)
         tolerate_hs_limit_0 = t && strstr(t, "handshake-limit-0");
         tolerate_inflight = t && strstr(t, "disconnect-inflight");
         tolerate_starttls = t && strstr(t, "starttls-eof");
+        tolerate_read0 = t && strstr(t, "read-zero-length");
     }
     server.cfg = &cfg;
     server.nexports = cfg.exports->len;
@@ -592,7 +596,8 @@ static void out_chunk(OutParser *o, uint64_t cookie, uint16_t flags,
         break;
     case NBD_REPLY_TYPE_OFFSET_DATA:
     case NBD_REPLY_TYPE_OFFSET_HOLE:
-        if (type == NBD_REPLY_TYPE_OFFSET_DATA && len <= 8) {
+        if (type == NBD_REPLY_TYPE_OFFSET_DATA && len <= 8 &&
+            !(tolerate_read0 && len == 8 && r && r->length == 0)) {
             out_fail(o, "OFFSET_DATA without data");
         }
         if (type == NBD_REPLY_TYPE_OFFSET_HOLE && len != 12) {
@@ -643,9 +648,11 @@ static void out_reply(OutParser *o)
         uint32_t err = nbd_get_be32(o->hdr + 4);
 
         if (!r) {
-            /* Which READ (of which length) cannot be told. */
             out_done(o, r);
-            o->state = OUT_UNCHECKED;
+            if (!o->structured) {
+                /* Whether data follows, and how much, cannot be told. */
+                o->state = OUT_UNCHECKED;
+            }
             return;
         }
         out_done(o, r);
