@@ -15,5 +15,8 @@ check:
 bench:
 	./build.sh bench
 
+fuzz:
+	./build.sh fuzz $(FUZZ_SECONDS)
+
 clean:
 	rm -rf build build-asan build-tsan

@@ -5,6 +5,7 @@
 #   ./build.sh check    build, then run every test (also under ASan+UBSan)
 #   ./build.sh build    just build (into ./build)
 #   ./build.sh bench    the side-by-side benchmark against qemu-nbd, nbdkit...
+#   ./build.sh fuzz [SECONDS]   run each fuzz target (tests/fuzz) with clang
 #   ./build.sh deps [serve|check|bench]   just install the packages
 #
 # Needs Debian 12 (bookworm) or similar; installs packages with apt-get
@@ -106,8 +107,13 @@ bench)
     shift
     exec tests/bench/nbd-bench --rawnbd build/server/rawnbd "$@"
     ;;
+fuzz)
+    install_missing $BUILD_PKGS $TEST_PKGS
+    shift
+    exec tests/fuzz/run-fuzzers.sh "$@"
+    ;;
 *)
-    say "unknown command '$cmd': use serve, check, build, bench or deps"
+    say "unknown command '$cmd': use serve, check, build, bench, fuzz or deps"
     exit 2
     ;;
 esac
