@@ -28,12 +28,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define CONN_MEM_BUDGET (128ull << 20)  /* request data per connection */
 #define BUF_CACHE_MAX (256 * 1024)      /* keep slot buffers up to this */
 #define HOLE_MIN_READ (128 * 1024)      /* look for holes in reads this big */
+#define ZERO_COPY_MIN (64 * 1024)       /* sendfile() cached reads this big */
 #define BS_MAX_EXTENTS 4096             /* block status extents per reply */
 #define SEND_IOV_BATCH 256
 
@@ -46,20 +48,32 @@ static ssize_t plain_recv(Conn *c, void *buf, size_t len)
     return r < 0 ? -errno : r;
 }
 
-static ssize_t plain_sendv(Conn *c, const struct iovec *iov, int n)
+static ssize_t plain_sendv(Conn *c, const struct iovec *iov, int n,
+                           bool more)
 {
     struct msghdr msg = {
         .msg_iov = (struct iovec *)iov,
         .msg_iovlen = n,
     };
-    ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
 
+    return r < 0 ? -errno : r;
+}
+
+static ssize_t plain_sendfile(Conn *c, int fd, off_t offset, size_t len)
+{
+    ssize_t r = sendfile(c->fd, fd, &offset, len);
+
+    if (r == 0) {
+        return -EIO;            /* the file shrank under us */
+    }
     return r < 0 ? -errno : r;
 }
 
 static const Transport plain_transport = {
     .recv = plain_recv,
     .sendv = plain_sendv,
+    .sendfile = plain_sendfile,
     .short_read_drains = true,
 };
 
@@ -263,7 +277,7 @@ static int coroutine_fn conn_co_flush(Conn *c)
 int coroutine_fn conn_writev(Conn *c, struct iovec *iov, int n)
 {
     while (n > 0) {
-        ssize_t r = c->tr->sendv(c, iov, n);
+        ssize_t r = c->tr->sendv(c, iov, n, false);
 
         if (r == -EAGAIN) {
             int ret = aio_cofd_wait_writable(&c->cofd);
@@ -325,6 +339,7 @@ static NBDReq *slot_take(Conn *c)
     r->next = NULL;
     r->niov = 0;
     r->hdr_used = 0;
+    r->file_mask = 0;
     r->err = 0;
     c->inflight++;
     return r;
@@ -429,11 +444,18 @@ static int conn_flush_sendq(Conn *c)
     while (c->sendq) {
         struct iovec iov[SEND_IOV_BATCH];
         size_t skip = c->sendq_off, done;
-        NBDReq *r;
+        NBDReq *r, *file_req = NULL;
+        int file_i = 0;
         ssize_t w;
         int n = 0;
 
-        for (r = c->sendq; r && n + r->niov <= SEND_IOV_BATCH; r = r->next) {
+        /*
+         * Gather memory segments of as many replies as fit, up to the
+         * first file segment; a file segment at the very front goes out
+         * with sendfile() instead.
+         */
+        for (r = c->sendq; r && n + r->niov <= SEND_IOV_BATCH && !file_req;
+             r = r->next) {
             int i;
 
             for (i = 0; i < r->niov; i++) {
@@ -444,13 +466,24 @@ static int conn_flush_sendq(Conn *c)
                     skip -= len;
                     continue;
                 }
+                if (r->file_mask & (1u << i)) {
+                    file_req = r;
+                    file_i = i;
+                    break;
+                }
                 iov[n].iov_base = base + skip;
                 iov[n].iov_len = len - skip;
                 skip = 0;
                 n++;
             }
         }
-        w = c->tr->sendv(c, iov, n);
+        if (n > 0) {
+            w = c->tr->sendv(c, iov, n, file_req != NULL);
+        } else {
+            w = c->tr->sendfile(c, file_req->file_fd,
+                                file_req->file_pos[file_i] + skip,
+                                file_req->iov[file_i].iov_len - skip);
+        }
         if (w == -EAGAIN) {
             return -EAGAIN;
         }
@@ -606,95 +639,100 @@ static void reply_status(Conn *c, NBDReq *r, long ret)
 
 /* ---- commands ----------------------------------------------------------------- */
 
+/* Data from the image file itself, sent by the transport's sendfile. */
+static void reply_file(NBDReq *r, Export *e, uint64_t offset, size_t len)
+{
+    r->file_mask |= 1u << r->niov;
+    r->file_fd = e->fd;
+    r->file_pos[r->niov] = e->offset + offset;
+    r->iov[r->niov].iov_base = NULL;
+    r->iov[r->niov].iov_len = len;
+    r->niov++;
+}
+
+/*
+ * READ.  With structured replies, large reads look for holes first: hole
+ * extents become OFFSET_HOLE chunks and are not read.  Large buffered
+ * reads whose pages are all cached are not read either: the reply points
+ * at the file and the socket takes the pages straight from the page cache.
+ */
 static void coroutine_fn do_read(Conn *c, NBDReq *r)
 {
     Export *e = c->exp;
-    uint64_t off = r->req.offset, len = r->req.length;
+    uint64_t off = r->req.offset, len = r->req.length, pos, covered = 0;
     Extent ext[READ_MAX_SEGMENTS];
+    bool zero_copy, holes = false;
     struct iovec iov;
     int n = 0, i;
-    ssize_t ret;
-    bool holes = false;
 
-    if (slot_buf(r, len) < 0) {
-        reply_io_error(c, r, -ENOMEM);
-        return;
-    }
     if (c->structured && !(r->req.flags & NBD_CMD_FLAG_DF) &&
         len >= HOLE_MIN_READ) {
         n = export_block_status(e, off, len, ext, READ_MAX_SEGMENTS);
         for (i = 0; i < n; i++) {
             holes |= (ext[i].flags & NBD_STATE_HOLE) != 0;
+            covered += ext[i].length;
+        }
+    }
+    if (!holes) {
+        ext[0].length = len;
+        ext[0].flags = 0;
+        n = 1;
+    } else if (covered < len) {
+        /* The extent list stopped short: the rest is read as data. */
+        if (n < READ_MAX_SEGMENTS) {
+            ext[n].length = len - covered;
+            ext[n].flags = 0;
+            n++;
+        } else {
+            ext[n - 1].length += len - covered;
+            ext[n - 1].flags = 0;
         }
     }
 
-    if (!holes) {
-        iov.iov_base = r->buf;
-        iov.iov_len = len;
-        ret = export_co_preadv(e, &iov, 1, off);
-        if (ret < 0) {
-            reply_io_error(c, r, ret);
+    zero_copy = c->tr->sendfile && len >= ZERO_COPY_MIN &&
+                export_cached(e, off, len);
+    if (!zero_copy) {
+        if (slot_buf(r, len) < 0) {
+            reply_io_error(c, r, -ENOMEM);
             return;
+        }
+        for (i = 0, pos = off; i < n; pos += ext[i].length, i++) {
+            ssize_t ret;
+
+            if (ext[i].flags & NBD_STATE_HOLE) {
+                continue;
+            }
+            iov.iov_base = r->buf + (pos - off);
+            iov.iov_len = ext[i].length;
+            ret = export_co_preadv(e, &iov, 1, pos);
+            if (ret < 0) {
+                reply_io_error(c, r, ret);
+                return;
+            }
+        }
+    }
+
+    if (!c->structured) {
+        reply_hdr(r, nbd_simple_reply_encode(r->hdr, r->req.cookie, 0));
+    }
+    for (i = 0, pos = off; i < n; pos += ext[i].length, i++) {
+        uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
+
+        if (ext[i].flags & NBD_STATE_HOLE) {
+            reply_hdr(r, nbd_chunk_hole_encode(r->hdr + r->hdr_used,
+                                               c->extended, &r->req, flags,
+                                               pos, ext[i].length));
+            continue;
         }
         if (c->structured) {
             reply_hdr(r, nbd_chunk_data_encode(r->hdr + r->hdr_used,
-                                               c->extended, &r->req,
-                                               NBD_REPLY_FLAG_DONE, off,
-                                               len));
+                                               c->extended, &r->req, flags,
+                                               pos, ext[i].length));
+        }
+        if (zero_copy) {
+            reply_file(r, e, pos, ext[i].length);
         } else {
-            reply_hdr(r, nbd_simple_reply_encode(r->hdr, r->req.cookie, 0));
-        }
-        reply_data(r, r->buf, len);
-        return;
-    }
-
-    /* Data extents are read; holes become OFFSET_HOLE chunks. */
-    {
-        uint64_t pos = off, covered = 0;
-
-        for (i = 0; i < n; i++) {
-            covered += ext[i].length;
-        }
-        if (covered < len) {
-            /* The extent list stopped short: the rest is read as data. */
-            if (n < READ_MAX_SEGMENTS) {
-                ext[n].length = len - covered;
-                ext[n].flags = 0;
-                n++;
-            } else {
-                ext[n - 1].length += len - covered;
-                ext[n - 1].flags = 0;
-            }
-        }
-        for (i = 0; i < n; i++) {
-            if (!(ext[i].flags & NBD_STATE_HOLE)) {
-                iov.iov_base = r->buf + (pos - off);
-                iov.iov_len = ext[i].length;
-                ret = export_co_preadv(e, &iov, 1, pos);
-                if (ret < 0) {
-                    reply_io_error(c, r, ret);
-                    return;
-                }
-            }
-            pos += ext[i].length;
-        }
-        pos = off;
-        for (i = 0; i < n; i++) {
-            uint16_t flags = i == n - 1 ? NBD_REPLY_FLAG_DONE : 0;
-
-            if (ext[i].flags & NBD_STATE_HOLE) {
-                reply_hdr(r, nbd_chunk_hole_encode(r->hdr + r->hdr_used,
-                                                   c->extended, &r->req,
-                                                   flags, pos,
-                                                   ext[i].length));
-            } else {
-                reply_hdr(r, nbd_chunk_data_encode(r->hdr + r->hdr_used,
-                                                   c->extended, &r->req,
-                                                   flags, pos,
-                                                   ext[i].length));
-                reply_data(r, r->buf + (pos - off), ext[i].length);
-            }
-            pos += ext[i].length;
+            reply_data(r, r->buf + (pos - off), ext[i].length);
         }
     }
 }

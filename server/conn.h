@@ -23,8 +23,16 @@ typedef struct NBDReq NBDReq;
 typedef struct Transport {
     /* Returns bytes read, 0 at end of stream, or -errno. */
     ssize_t (*recv)(Conn *c, void *buf, size_t len);
-    /* Returns bytes sent (possibly fewer than asked) or -errno. */
-    ssize_t (*sendv)(Conn *c, const struct iovec *iov, int n);
+    /*
+     * Returns bytes sent (possibly fewer than asked) or -errno.  @more:
+     * more data follows at once (a hint to hold a small packet back).
+     */
+    ssize_t (*sendv)(Conn *c, const struct iovec *iov, int n, bool more);
+    /*
+     * Optional: send @len bytes of file @fd from @offset without copying
+     * them through user space.  Same returns as sendv.
+     */
+    ssize_t (*sendfile)(Conn *c, int fd, off_t offset, size_t len);
     /*
      * Optional: push bytes the transport accepted but still holds.
      * Returns 0 when none are left, -EAGAIN (wait writable) or -errno.
@@ -48,6 +56,9 @@ struct NBDReq {
     uint32_t err;                   /* NBD error of the reply, 0 = success */
     struct iovec iov[REQ_IOV_MAX];  /* the reply */
     int niov;
+    uint32_t file_mask;             /* iov[i] is file data if bit i is set: */
+    int file_fd;                    /* ...from this file... */
+    off_t file_pos[REQ_IOV_MAX];    /* ...at this offset (iov_base unused) */
     uint8_t hdr[REPLY_HDR_SIZE];    /* reply headers the iov points into */
     size_t hdr_used;
     NBDReq *next;                   /* free list or send queue */

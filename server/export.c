@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "coro/linux-aio.h"
@@ -348,6 +349,50 @@ int coroutine_fn export_co_cache(Export *e, uint64_t offset, uint64_t len)
     /* Starts readahead; does not wait for it. */
     return -posix_fadvise(e->fd, e->offset + offset, len,
                           POSIX_FADV_WILLNEED);
+}
+
+/* ---- page cache residency ------------------------------------------ */
+
+/* cachestat(2), Linux 6.5; glibc has no wrapper yet. */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+
+struct export_cachestat_range {
+    uint64_t off;
+    uint64_t len;
+};
+
+struct export_cachestat {
+    uint64_t nr_cache;
+    uint64_t nr_dirty;
+    uint64_t nr_writeback;
+    uint64_t nr_evicted;
+    uint64_t nr_recently_evicted;
+};
+
+static int cachestat_works = 1;     /* atomic: 0 once the kernel says no */
+
+bool export_cached(Export *e, uint64_t offset, uint64_t len)
+{
+    struct export_cachestat_range range;
+    struct export_cachestat cs;
+    uint64_t page = (uint64_t)getpagesize(), first, last;
+
+    if (e->direct || !atomic_read(&cachestat_works)) {
+        return false;
+    }
+    range.off = e->offset + offset;
+    range.len = len;
+    if (syscall(__NR_cachestat, e->fd, &range, &cs, 0) < 0) {
+        if (errno == ENOSYS || errno == EOPNOTSUPP) {
+            atomic_set(&cachestat_works, 0);
+        }
+        return false;
+    }
+    first = range.off / page;
+    last = (range.off + len + page - 1) / page;
+    return cs.nr_cache >= last - first;
 }
 
 /* ---- block status -------------------------------------------------- */

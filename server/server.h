@@ -186,6 +186,12 @@ typedef struct Extent {
 int export_block_status(Export *e, uint64_t offset, uint64_t len,
                         Extent *ext, int max_extents);
 
+/*
+ * True if all of [@offset, @offset + @len) is in the page cache of a
+ * buffered export, so that sending it from the file cannot block.
+ */
+bool export_cached(Export *e, uint64_t offset, uint64_t len);
+
 /* Allocate an I/O buffer suited to @e (aligned for O_DIRECT). */
 void *export_buf_alloc(size_t size);
 

@@ -188,7 +188,7 @@ static int tls_flush(Conn *c)
     return 0;
 }
 
-static ssize_t tls_sendv(Conn *c, const struct iovec *iov, int n)
+static ssize_t tls_sendv(Conn *c, const struct iovec *iov, int n, bool more)
 {
     size_t taken = 0;
     int i, r;
