@@ -349,3 +349,41 @@ def blocks(path):
 def check_eq(actual, expected, what):
     assert actual == expected, "%s: expected %r, got %r" % (what, expected,
                                                            actual)
+
+
+# ---- maps for the shell tests -------------------------------------------
+
+def _merged(entries):
+    """[(offset, length, kind)] with neighbours of one kind merged."""
+    out = []
+    for off, length, kind in entries:
+        if out and out[-1][2] == kind and out[-1][0] + out[-1][1] == off:
+            out[-1][1] += length
+        else:
+            out.append([off, length, kind])
+    return out
+
+
+def _print_map_command(argv):
+    """harness.py file-map PATH | json-map qemu|nbdinfo < JSON: print
+    "offset length data|hole" lines, neighbours merged."""
+    import json
+    if argv[0] == "file-map":
+        entries = [(o, n, "hole" if h else "data")
+                   for o, n, h in file_map(argv[1])]
+    elif argv[:2] == ["json-map", "qemu"]:
+        entries = [(e["start"], e["length"], "data" if e["data"] else "hole")
+                   for e in json.load(sys.stdin)]
+    elif argv[:2] == ["json-map", "nbdinfo"]:
+        kinds = {0: "data", 3: "hole"}
+        entries = [(e["offset"], e["length"],
+                    kinds.get(e["type"], "type%d" % e["type"]))
+                   for e in json.load(sys.stdin)]
+    else:
+        sys.exit("usage: harness.py file-map PATH | json-map qemu|nbdinfo")
+    for o in _merged(entries):
+        print(*o)
+
+
+if __name__ == "__main__":
+    _print_map_command(sys.argv[1:])

@@ -908,9 +908,11 @@ static void test_zero(void)
     check_read(h, 60 * KiB, 4 * KiB, 31, "before the zeroed range");
     check_read(h, 128 * KiB, 4 * KiB, 31, "after the zeroed range");
 
+    /* (The file system may allocate an extent-tree block, never free.) */
     NBD_OK(nbd_zero(h, 64 * KiB, 256 * KiB, LIBNBD_CMD_FLAG_NO_HOLE));
-    CHECK(st_blocks(s->image) == b1, "WRITE_ZEROES with NO_HOLE: st_blocks %"
-          PRId64 " -> %" PRId64 " (expected no change)", b1, st_blocks(s->image));
+    CHECK(st_blocks(s->image) >= b1, "WRITE_ZEROES with NO_HOLE: st_blocks %"
+          PRId64 " -> %" PRId64 " (expected no hole)", b1,
+          st_blocks(s->image));
     check_read(h, 256 * KiB, 64 * KiB, 0, "zeroed (NO_HOLE)");
     check_read(h, 320 * KiB, 4 * KiB, 31, "after the NO_HOLE range");
 
@@ -1536,83 +1538,101 @@ static int done_cb(void *opaque, int *error)
     return 1;               /* auto-retire the command */
 }
 
-static void wait_all(struct nbd_handle *h, Done *d, int n)
+/* Poll until @n commands completed; false (and a failure) after 60 s. */
+static bool wait_all(struct nbd_handle *h, Done *d, int n, const char *what)
 {
-    gint64 deadline = g_get_monotonic_time() + 120 * G_USEC_PER_SEC;
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
 
     while (d->done < n) {
         NBD_OK(nbd_poll(h, 1000));
-        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        if (g_get_monotonic_time() > deadline) {
+            CHECK(false, "%s: only %d of %d completed after 60 s (%d still "
+                  "in flight): the server stopped answering", what, d->done,
+                  n, nbd_aio_in_flight(h));
+            return false;
+        }
     }
+    return true;
 }
 
 /* 512 writes and 512 reads in flight at once, in several sizes. */
+/*
+ * Issue @n reads or writes at once, request i covering [off[i], off[i+1])
+ * of @buf; true when all completed (failures are recorded).
+ */
+static bool batch(struct nbd_handle *h, bool write, uint8_t *buf,
+                  const uint64_t *off, int n)
+{
+    const char *what = write ? "writes" : "reads";
+    Done d = { 0 };
+    int i, peak = 0;
+
+    for (i = 0; i < n; i++) {
+        nbd_completion_callback cb = { .callback = done_cb, .user_data = &d };
+        /* Writes go in reverse order, some with FUA. */
+        int k = write ? n - 1 - i : i;
+        uint32_t fua = write && k % 64 == 0 ? LIBNBD_CMD_FLAG_FUA : 0;
+
+        if (write) {
+            NBD_OK(nbd_aio_pwrite(h, buf + off[k], off[k + 1] - off[k],
+                                  off[k], cb, fua));
+        } else {
+            NBD_OK(nbd_aio_pread(h, buf + off[k], off[k + 1] - off[k],
+                                 off[k], cb, 0));
+        }
+        peak = MAX(peak, nbd_aio_in_flight(h));
+    }
+    if (!wait_all(h, &d, n, what)) {
+        return false;
+    }
+    CHECK(peak >= 256, "only %d %s in flight at once", peak, what);
+    CHECK(d.failed == 0, "%d %s failed", d.failed, what);
+    return true;
+}
+
+static char *sha256(const void *buf, size_t len)
+{
+    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, buf, len);
+}
+
+/* 512 writes, then 512 reads, in flight at once, of sizes from 512 B to
+ * 60 KiB; the data read back and the file must be what was written. */
 static void many_in_flight(const char *max_inflight)
 {
     const int n = 512;
     const uint64_t region = 16 * MiB;
     Srv *s = srv_new(region, NULL, 0);
     struct nbd_handle *h;
-    uint8_t *src = g_malloc(region), *dst = g_malloc(region);
+    uint8_t *src = g_malloc(region), *dst = g_malloc0(region);
     uint64_t off[513];
-    Done w = { 0 }, r = { 0 };
-    int i, peak = 0;
-    GChecksum *a, *b;
+    char *want, *got;
+    int i;
 
-    /* Request i covers [off[i], off[i+1]): sizes from 512 B to 60 KiB. */
     off[0] = 0;
     for (i = 0; i < n; i++) {
         off[i + 1] = off[i] + 512 * (1 + (i * 37) % 120);
     }
     g_assert_cmpuint(off[n], <=, region);
     fill(src, off[n], 100, 0);
-    if (max_inflight) {
-        srv_start(s, "--max-inflight", max_inflight, NULL);
-    } else {
-        srv_start(s, NULL);
-    }
+    srv_start(s, "--max-inflight", max_inflight, NULL);
     h = open_nbd(s, 0);
-    for (i = n - 1; i >= 0; i--) {
-        uint32_t flags = i % 64 == 0 ? LIBNBD_CMD_FLAG_FUA : 0;
-
-        NBD_OK(nbd_aio_pwrite(h, src + off[i], off[i + 1] - off[i], off[i],
-                              (nbd_completion_callback) {
-                                  .callback = done_cb, .user_data = &w },
-                              flags));
-        peak = MAX(peak, nbd_aio_in_flight(h));
+    if (!batch(h, true, src, off, n) || nbd_flush(h, 0) == -1 ||
+        !batch(h, false, dst, off, n)) {
+        nbd_close(h);
+        srv_stop(s);
+        goto out;
     }
-    wait_all(h, &w, n);
-    CHECK(peak >= 256, "only %d writes in flight at once", peak);
-    CHECK(w.failed == 0, "%d writes failed", w.failed);
-    NBD_OK(nbd_flush(h, 0));
-
-    memset(dst, 0, region);
-    peak = 0;
-    for (i = 0; i < n; i++) {
-        NBD_OK(nbd_aio_pread(h, dst + off[i], off[i + 1] - off[i], off[i],
-                             (nbd_completion_callback) {
-                                 .callback = done_cb, .user_data = &r },
-                             0));
-        peak = MAX(peak, nbd_aio_in_flight(h));
-    }
-    wait_all(h, &r, n);
-    CHECK(peak >= 256, "only %d reads in flight at once", peak);
-    CHECK(r.failed == 0, "%d reads failed", r.failed);
     CHECK(memcmp(src, dst, off[n]) == 0, "data read back differs");
     close_nbd(h);
     srv_exits(s);
 
-    /* And the file holds exactly what was written. */
     read_image(s->image, dst, off[n], 0);
-    a = g_checksum_new(G_CHECKSUM_SHA256);
-    b = g_checksum_new(G_CHECKSUM_SHA256);
-    g_checksum_update(a, src, off[n]);
-    g_checksum_update(b, dst, off[n]);
-    CHECK(!strcmp(g_checksum_get_string(a), g_checksum_get_string(b)),
-          "file checksum %s, written %s", g_checksum_get_string(b),
-          g_checksum_get_string(a));
-    g_checksum_free(a);
-    g_checksum_free(b);
+    want = sha256(src, off[n]);
+    got = sha256(dst, off[n]);
+    CHECK(!strcmp(want, got), "file checksum %s, written %s", got, want);
+    g_free(want);
+    g_free(got);
+out:
     g_free(src);
     g_free(dst);
     srv_free(s);
@@ -1620,7 +1640,7 @@ static void many_in_flight(const char *max_inflight)
 
 static void test_many_in_flight(void)
 {
-    many_in_flight(NULL);
+    many_in_flight("256");
 }
 
 static void test_many_in_flight_throttled(void)

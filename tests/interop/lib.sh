@@ -1,0 +1,229 @@
+# lib.sh: helpers for the interop shell tests (sourced, bash).
+#
+#   tap_case NAME FUNCTION [ARGS...]   run one case in a subshell, print TAP
+#   tap_done                           print the plan, exit 1 if any failed
+#   srv_start unix|tcp IMAGE [OPTS...] start rawnbd, wait until it listens;
+#                                      sets SRV_PID SRV_URI SRV_LOG SRV_SOCK
+#                                      SRV_PORT
+#   srv_stop [SIGNAL]                  signal the last server, wait, check
+#                                      exit 0 and a clean log
+#   srv_wait_exit                      the last server exits by itself, 0
+#
+# Every server runs on a private unix socket in $T or a free port on
+# 127.0.0.1; only the PIDs started here are ever signalled.  A case runs
+# with set -euo pipefail: the first failing command fails it, and fail()
+# says why.
+
+set -euo pipefail
+
+if [ -z "${RAWNBD:-}" ] || [ ! -x "$RAWNBD" ]; then
+    echo "1..0 # SKIP RAWNBD is not set to the rawnbd executable"
+    exit 0
+fi
+
+INTEROP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export PYTHONDONTWRITEBYTECODE=1
+T=$(mktemp -d "${TMPDIR:-/tmp}/rawnbd-sh-XXXXXX")
+STARTED_PIDS=()
+SRV_COUNT=0
+TAP_N=0
+TAP_FAILED=0
+
+kill_started() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    STARTED_PIDS=()
+}
+
+trap 'kill_started; rm -rf "$T"' EXIT
+
+# Skip the whole script unless every command exists.
+need() {
+    local c
+    for c in "$@"; do
+        if ! command -v "$c" >/dev/null 2>&1; then
+            echo "1..0 # SKIP $c is not installed"
+            exit 0
+        fi
+    done
+}
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# Skip the running case.
+skip() {
+    echo "$*" >"$T/skip-reason"
+    exit 77
+}
+
+tap_case() {
+    local name=$1 rc=0 started=$SECONDS
+    shift
+    TAP_N=$((TAP_N + 1))
+    rm -f "$T/skip-reason"
+    (
+        # Each case has its own directory (servers, images).
+        T=$(mktemp -d "$T/case$TAP_N.XXXXXX")
+        trap kill_started EXIT
+        set -euo pipefail
+        "$@"
+    ) >"$T/case.log" 2>&1 || rc=$?
+    if [ "$rc" = 0 ]; then
+        echo "ok $TAP_N - $name ($((SECONDS - started)) s)"
+    elif [ "$rc" = 77 ]; then
+        echo "ok $TAP_N - $name # SKIP $(cat "$T/skip-reason" 2>/dev/null)"
+    else
+        TAP_FAILED=$((TAP_FAILED + 1))
+        echo "not ok $TAP_N - $name"
+        sed -e 's/^/# /' "$T/case.log"
+    fi
+}
+
+tap_done() {
+    echo "1..$TAP_N"
+    [ "$TAP_FAILED" = 0 ]
+}
+
+free_port() {
+    python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+sanitizer_report() {
+    grep -E 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$1" |
+        head -n 1 || true
+}
+
+srv_start() {
+    local kind=$1 image=$2 i
+    shift 2
+    for i in 1 2 3 4 5; do
+        SRV_COUNT=$((SRV_COUNT + 1))
+        SRV_LOG=$T/srv$SRV_COUNT.log
+        SRV_SOCK=
+        SRV_PORT=
+        local where=()
+        if [ "$kind" = unix ]; then
+            SRV_SOCK=$T/srv$SRV_COUNT.sock
+            where=(-k "$SRV_SOCK")
+        else
+            SRV_PORT=$(free_port)
+            where=(-b 127.0.0.1 -p "$SRV_PORT")
+        fi
+        "$RAWNBD" --print-uri "${where[@]}" "$@" "$image" \
+            >"$T/srv$SRV_COUNT.out" 2>"$SRV_LOG" </dev/null &
+        SRV_PID=$!
+        STARTED_PIDS+=("$SRV_PID")
+        if srv_wait_uri "$T/srv$SRV_COUNT.out"; then
+            SRV_URI=$(head -n 1 "$T/srv$SRV_COUNT.out")
+            return 0
+        fi
+        # A TCP port taken in between: try another one.
+        if [ "$kind" = tcp ] && grep -q 'cannot listen' "$SRV_LOG"; then
+            continue
+        fi
+        break
+    done
+    cat "$SRV_LOG" >&2
+    fail "rawnbd $* $image did not start listening"
+}
+
+# Wait (30 s) for the URI line; false if the server died first.
+srv_wait_uri() {
+    local out=$1 n
+    for n in $(seq 600); do
+        if [ "$(wc -l <"$out")" -ge 1 ]; then
+            return 0
+        fi
+        if ! kill -0 "$SRV_PID" 2>/dev/null; then
+            wait "$SRV_PID" || true
+            return 1
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# Wait up to $2 seconds (default 30) for PID $1 to exit; false if it runs on.
+wait_gone() {
+    local pid=$1 secs=${2:-30} n
+    for n in $(seq $((secs * 20))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            return 0
+        fi
+        # A zombie child counts as gone.
+        if [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+srv_check_exit() {
+    local rc=0 report
+    wait "$SRV_PID" || rc=$?
+    report=$(sanitizer_report "$SRV_LOG")
+    if [ -n "$report" ]; then
+        cat "$SRV_LOG" >&2
+        fail "sanitizer report in the server log: $report"
+    fi
+    if [ "$rc" != 0 ]; then
+        cat "$SRV_LOG" >&2
+        fail "rawnbd exited with status $rc"
+    fi
+}
+
+srv_stop() {
+    kill "-${1:-TERM}" "$SRV_PID" 2>/dev/null || true
+    wait_gone "$SRV_PID" 30 || fail "rawnbd still running 30 s after SIG${1:-TERM}"
+    srv_check_exit
+}
+
+srv_wait_exit() {
+    wait_gone "$SRV_PID" 30 || fail "rawnbd still running 30 s after its last client left"
+    srv_check_exit
+}
+
+sha() {
+    sha256sum "$1" | cut -d' ' -f1
+}
+
+# same_content FILE1 FILE2 WHAT: the files have the same bytes.
+same_content() {
+    local a b
+    a=$(sha "$1")
+    b=$(sha "$2")
+    [ "$a" = "$b" ] || fail "$3: checksum $b differs from $a"
+}
+
+# mk_image PATH SIZE [OFFSET:LENGTH ...]: a sparse file of SIZE with random
+# data at each OFFSET (sizes in dd's units: K, M, G).
+mk_image() {
+    local path=$1 size=$2 region
+    shift 2
+    truncate -s 0 "$path"
+    truncate -s "$size" "$path"
+    for region in "$@"; do
+        dd if=/dev/urandom of="$path" bs=64K iflag=count_bytes,skip_bytes \
+            oflag=seek_bytes conv=notrunc status=none \
+            seek="$(numfmt --from=iec "${region%%:*}")" \
+            count="$(numfmt --from=iec "${region##*:}")"
+    done
+    sync "$path"
+}
+
+# Allocation maps as "offset length data|hole" lines, neighbours merged:
+# map_of_file PATH, or map_of_json qemu|nbdinfo < the tool's JSON map.
+map_of_file() {
+    python3 "$INTEROP_DIR/harness.py" file-map "$1"
+}
+
+map_of_json() {
+    python3 "$INTEROP_DIR/harness.py" json-map "$1"
+}
