@@ -80,6 +80,7 @@ struct AioHandler {
     void *opaque;
     unsigned flags;
     uint32_t events;            /* as registered with epoll; 0 = not */
+    uint32_t revents;           /* what epoll reported last */
     bool deleted;
     AioHandler *next_deleted;
 };
@@ -557,6 +558,7 @@ bool aio_poll(AioContext *ctx, bool blocking)
         if (h->deleted) {
             continue;
         }
+        h->revents = ev;
         if ((ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) &&
             h->io_read) {
             h->io_read(h->opaque);
@@ -693,6 +695,9 @@ static void cofd_read_ready(void *opaque)
 {
     AioCoFd *f = opaque;
 
+    if (f->h->revents & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        f->hup = true;
+    }
     cofd_wake(f, &f->reader);
 }
 

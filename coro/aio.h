@@ -195,6 +195,9 @@ typedef struct AioCoFd {
     AioHandler *h;
     int fd;
     bool watch_out;             /* EPOLLOUT currently requested */
+    bool hup;                   /* epoll reported a hang-up or an error:
+                                   the end of stream may already be read
+                                   without a further edge to come */
     bool rd_cancelled;          /* reads cancelled */
     bool wr_cancelled;          /* writes cancelled */
     Coroutine *reader;

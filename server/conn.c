@@ -114,11 +114,15 @@ static void coroutine_fn conn_wait(Conn *c)
     co_yield();
 }
 
+/*
+ * Always through the scheduler: the waker may be the send path, and
+ * main_co may free the connection as soon as it runs.
+ */
 static void conn_wake(Conn *c)
 {
     if (c->main_waiting) {
         c->main_waiting = false;
-        aio_co_enter(c->ctx, c->main_co);
+        aio_co_schedule(c->ctx, c->main_co);
     }
 }
 
@@ -196,7 +200,12 @@ int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
             continue;
         }
         c->in_start = c->in_end = 0;
-        if (c->rd_drained) {
+        /*
+         * A short read drained the socket, and its next data will come
+         * with an edge.  Not so once the peer has hung up: the end of
+         * stream may sit there with its edge already consumed.
+         */
+        if (c->rd_drained && !c->cofd.hup) {
             int ret;
 
             c->rd_drained = false;
@@ -665,6 +674,17 @@ static void coroutine_fn do_read(Conn *c, NBDReq *r)
     struct iovec iov;
     int n = 0, i;
 
+    if (len == 0) {
+        /* No data chunk can be empty, and READ never gets a simple reply
+         * once structured replies are on: a lone NONE chunk. */
+        if (c->structured) {
+            reply_hdr(r, nbd_chunk_none_encode(r->hdr, c->extended,
+                                               &r->req));
+        } else {
+            reply_ok(c, r);
+        }
+        return;
+    }
     if (c->structured && !(r->req.flags & NBD_CMD_FLAG_DF) &&
         len >= HOLE_MIN_READ) {
         n = export_block_status(e, off, len, ext, READ_MAX_SEGMENTS);
@@ -1070,8 +1090,8 @@ static void coroutine_fn conn_main_co(void *opaque)
     AioContext *ctx = c->ctx;
     int ret;
 
+    aio_timer_init(ctx, &c->handshake_timer, handshake_timeout, c);
     if (server.cfg->handshake_limit) {
-        aio_timer_init(ctx, &c->handshake_timer, handshake_timeout, c);
         aio_timer_mod(&c->handshake_timer,
                       clock_ns() + server.cfg->handshake_limit * 1000000000LL);
     }

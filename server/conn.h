@@ -70,6 +70,7 @@ struct Conn {
     char *peer;
     const Transport *tr;
     void *tls;                      /* gnutls_session_t once STARTTLS began */
+    bool peer_eof;                  /* TLS: the socket reached end of stream */
     AioCoFd cofd;
     Coroutine *main_co;             /* handshake, then the receive loop */
     bool main_waiting;              /* main_co waits in conn_wait() */

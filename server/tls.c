@@ -16,6 +16,7 @@
 #include <gnutls/x509.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define TLS_DEFAULT_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -171,6 +172,9 @@ static ssize_t tls_recv(Conn *c, void *buf, size_t len)
 {
     ssize_t r = gnutls_record_recv(c->tls, buf, len);
 
+    if (r == GNUTLS_E_AGAIN && c->peer_eof) {
+        return -EPIPE;          /* a record cut short by end of stream */
+    }
     /* 0 is the peer's close_notify: end of stream, never "try again". */
     return r >= 0 ? r : tls_errno(c, r);
 }
@@ -233,11 +237,46 @@ static const Transport tls_transport = {
 
 /* ---- per connection ---------------------------------------------------- */
 
+/*
+ * gnutls reads and writes the socket through these, so that an end of
+ * stream is remembered: gnutls may answer it with GNUTLS_E_AGAIN (a
+ * record cut short), and an edge-triggered wait for more would never end.
+ */
+static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+    Conn *c = ptr;
+    ssize_t r = recv(c->fd, buf, len, 0);
+
+    if (r == 0) {
+        c->peer_eof = true;
+    } else if (r < 0) {
+        gnutls_transport_set_errno(c->tls, errno);
+    }
+    return r;
+}
+
+static ssize_t tls_vec_push(gnutls_transport_ptr_t ptr, const giovec_t *iov,
+                            int n)
+{
+    Conn *c = ptr;
+    struct msghdr msg = {
+        .msg_iov = (struct iovec *)iov,
+        .msg_iovlen = n,
+    };
+    ssize_t r = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+
+    if (r < 0) {
+        gnutls_transport_set_errno(c->tls, errno);
+    }
+    return r;
+}
+
 static int coroutine_fn tls_wait(Conn *c)
 {
-    return gnutls_record_get_direction(c->tls) == 0
-           ? aio_cofd_wait_readable(&c->cofd)
-           : aio_cofd_wait_writable(&c->cofd);
+    if (gnutls_record_get_direction(c->tls) == 0) {
+        return c->peer_eof ? -EPIPE : aio_cofd_wait_readable(&c->cofd);
+    }
+    return aio_cofd_wait_writable(&c->cofd);
 }
 
 int coroutine_fn tls_start(Conn *c)
@@ -261,7 +300,9 @@ int coroutine_fn tls_start(Conn *c)
     if (psk_creds) {
         gnutls_credentials_set(s, GNUTLS_CRD_PSK, psk_creds);
     }
-    gnutls_transport_set_int(s, c->fd);
+    gnutls_transport_set_ptr(s, c);
+    gnutls_transport_set_pull_function(s, tls_pull);
+    gnutls_transport_set_vec_push_function(s, tls_vec_push);
 
     /* Bytes read before the upgrade are plaintext: never feed them on. */
     c->in_start = c->in_end = 0;
@@ -279,9 +320,11 @@ int coroutine_fn tls_start(Conn *c)
             }
             continue;
         }
-        if (!gnutls_error_is_fatal(r)) {
-            continue;
-        }
+        /*
+         * Anything else ends it, warnings included: retrying after, say, a
+         * truncated record at end of stream would wait for data that will
+         * never come.
+         */
         log_warn("%s: TLS handshake failed: %s", CONN_LOG(c),
                  gnutls_strerror(r));
         return -EIO;
