@@ -36,7 +36,8 @@
  * message boundary with every request answered.  A connection still open after 10 s or too many loop
  * iterations is a hang: abort with a message.
  *
- * The server logs go to /dev/null unless RAWNBD_FUZZ_LOG=1.
+ * The server logs go to /dev/null unless RAWNBD_FUZZ_LOG=1;
+ * RAWNBD_FUZZ_TRACE=1 prints each reply the parser sees.
  *
  * RAWNBD_FUZZ_TOLERATE=bug,bug... lets a fuzzing run go on past bugs
  * already reported and not fixed yet (their reproducers are in
@@ -51,6 +52,12 @@
  *                         requests in flight)
  *   read-zero-length      an OFFSET_DATA chunk without data, answering
  *                         a READ of length 0, passes
+ *   short-read-eof        100 ms after the client's end of stream, a
+ *                         connection still open is dropped with
+ *                         conn_shutdown_all(true) instead of counting
+ *                         as a hang (conn_read() waits for a new edge
+ *                         after a short read, and misses an end of
+ *                         stream that came before the wait)
  *   starttls-eof          from the first STARTTLS option on, the rest
  *                         of the input goes in one piece (the TLS
  *                         handshake misses the client's end of stream
@@ -72,6 +79,7 @@
  * that timer would drop counts as a hang. */
 #define HANG_NS (5ll * 1000 * 1000 * 1000)
 #define WATCHDOG_NS (20 * 1000 * 1000)
+#define SHORT_READ_GRACE_NS (100 * 1000 * 1000)
 
 /* ---- what main.c provides to the server library --------------------- */
 
@@ -119,7 +127,8 @@ void server_conn_closed(void)
 static ServerConfig cfg;
 static unsigned default_handshake_limit;
 static bool tolerate_hs_limit_0, tolerate_inflight, tolerate_starttls;
-static bool tolerate_read0;
+static bool tolerate_read0, tolerate_short_read;
+static bool trace;              /* RAWNBD_FUZZ_TRACE=1: print each reply */
 static AioContext *ctx;
 static int img_fd = -1;
 static AioTimer watchdog;
@@ -222,6 +231,9 @@ static void setup(void)
         tolerate_inflight = t && strstr(t, "disconnect-inflight");
         tolerate_starttls = t && strstr(t, "starttls-eof");
         tolerate_read0 = t && strstr(t, "read-zero-length");
+        tolerate_short_read = t && strstr(t, "short-read-eof");
+        trace = getenv("RAWNBD_FUZZ_TRACE") &&
+                !strcmp(getenv("RAWNBD_FUZZ_TRACE"), "1");
     }
     server.cfg = &cfg;
     server.nexports = cfg.exports->len;
@@ -285,6 +297,7 @@ typedef struct Client {
     unsigned nreqs;
     size_t terminal;        /* DISC, bad magic or end: stops reading */
     bool overflow;          /* too many to track: stop checking */
+    bool ambiguous;         /* cookies reused: replies only counted */
 } Client;
 
 static void client_frame_options(Client *cl)
@@ -535,8 +548,13 @@ static Req *out_find_req(OutParser *o, uint64_t cookie, int type)
         if (!found) {
             found = r;
         } else if (found->type != r->type || found->length != r->length) {
-            return NULL;
+            /* From now on, which reply answers which request is a
+             * guess: count them, check no more. */
+            cl->ambiguous = true;
         }
+    }
+    if (cl->ambiguous) {
+        return NULL;
     }
     if (!found) {
         out_fail(o, "a reply to no request in flight (cookie unknown or "
@@ -565,6 +583,9 @@ static void out_done(OutParser *o, Req *r)
                 r = &cl->reqs[i];
             }
         }
+        if (!r) {
+            out_fail(o, "more replies than requests with this cookie");
+        }
     }
     r->answered = true;
     o->replies++;
@@ -573,6 +594,11 @@ static void out_done(OutParser *o, Req *r)
 static void out_chunk(OutParser *o, uint64_t cookie, uint16_t flags,
                       uint16_t type, uint64_t len)
 {
+    if (trace) {
+        dprintf(2, "fuzz-conn: chunk cookie %llu flags %u type %u length "
+                "%llu\n", (unsigned long long)cookie, flags, type,
+                (unsigned long long)len);
+    }
     int want = -1;
 
     if (type == NBD_REPLY_TYPE_OFFSET_DATA ||
@@ -643,6 +669,10 @@ static void out_reply(OutParser *o)
     uint32_t magic = nbd_get_be32(o->hdr);
     uint64_t cookie = nbd_get_be64(o->hdr + 8);
 
+    if (magic == NBD_SIMPLE_REPLY_MAGIC && !o->extended && trace) {
+        dprintf(2, "fuzz-conn: simple reply cookie %llu error %u\n",
+                (unsigned long long)cookie, nbd_get_be32(o->hdr + 4));
+    }
     if (magic == NBD_SIMPLE_REPLY_MAGIC && !o->extended) {
         Req *r = out_find_req(o, cookie, -1);
         uint32_t err = nbd_get_be32(o->hdr + 4);
@@ -837,7 +867,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t rng;
     unsigned long iters = 0, max_iters;
     int64_t deadline;
-    bool shut = false;
+    bool shut = false, aborted = false;
+    int64_t shut_at = 0;
     int sv[2];
 
     if (!ready) {
@@ -921,6 +952,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     out.state == OUT_UNCHECKED)) {
             shutdown(sv[1], SHUT_WR);
             shut = true;
+            shut_at = clock_ns();
+        } else if (shut && tolerate_short_read && !aborted &&
+                   clock_ns() - shut_at > SHORT_READ_GRACE_NS) {
+            conn_shutdown_all(true);
+            aborted = true;
         }
         drain(sv[1], &out);
         aio_timer_mod(&watchdog, clock_ns() + WATCHDOG_NS);
