@@ -69,7 +69,8 @@ static void run_file(const char *path)
         exit(1);
     }
     fclose(f);
-    fprintf(stderr, "replay: %s (%zu bytes)\n", path, len);
+    /* fd 2 directly: a target may point stderr elsewhere. */
+    dprintf(2, "replay: %s (%zu bytes)\n", path, len);
     /* An exactly sized copy, so ASan sees reads past the end. */
     {
         uint8_t *copy = malloc(len ? len : 1);
