@@ -252,7 +252,12 @@ class Server:
             return ""
 
     def log_tail(self, lines=40):
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        """The end of the log, or a sanitizer report from its start."""
+        text = self.log_text().splitlines()
+        for i, line in enumerate(text):
+            if any(m in line for m in SANITIZER_MARKS):
+                return "\n".join(text[max(0, i - 3):i + 60])
+        return "\n".join(text[-lines:])
 
     def cleanup(self):
         if self.proc and self.proc.stdout:

@@ -26,4 +26,6 @@ tap_case "fio verify, --cache=writeback" fio_verify --cache=writeback
 tap_case "fio verify, --cache=none --aio=native" fio_verify --cache=none --aio=native
 tap_case "fio verify, --cache=none --aio=threads" fio_verify --cache=none --aio=threads
 tap_case "fio verify, --aio=threads (page cache)" fio_verify --aio=threads
+tap_case "fio verify, --cache=writethrough" fio_verify --cache=writethrough
+tap_case "fio verify, --cache=directsync" fio_verify --cache=directsync
 tap_done

@@ -1538,15 +1538,15 @@ static int done_cb(void *opaque, int *error)
     return 1;               /* auto-retire the command */
 }
 
-/* Poll until @n commands completed; false (and a failure) after 60 s. */
+/* Poll until @n commands completed; false (and a failure) after 30 s. */
 static bool wait_all(struct nbd_handle *h, Done *d, int n, const char *what)
 {
-    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
 
     while (d->done < n) {
         NBD_OK(nbd_poll(h, 1000));
         if (g_get_monotonic_time() > deadline) {
-            CHECK(false, "%s: only %d of %d completed after 60 s (%d still "
+            CHECK(false, "%s: only %d of %d completed after 30 s (%d still "
                   "in flight): the server stopped answering", what, d->done,
                   n, nbd_aio_in_flight(h));
             return false;

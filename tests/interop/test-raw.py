@@ -4,8 +4,10 @@ sent over a raw socket (nbdraw) to the real rawnbd binary."""
 
 import contextlib
 import os
+import socket
 import struct
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -283,6 +285,49 @@ def export_name_old_style():
             check_eq(c.wait_closed(), b"", "reply to EXPORT_NAME 'nope'")
 
 
+@test
+def several_exports():
+    """--export: each export has its own name, description, window and
+    read-only flag; meta contexts chosen for one do not carry over."""
+    with Workdir() as w:
+        a, b = w.file("a.img"), w.file("b.img")
+        make_image(a, 4 * MiB, [(0, pattern(11, MiB))])
+        make_image(b, 8 * MiB, [(0, pattern(12, 4 * MiB))])
+        with Server(a, "-t", "-x", "first", "--export=ro=%s,ro,description="
+                    "read only" % a, "--export=win=%s,offset=1M,size=2M" % b) \
+                as s:
+            with s.client() as c:
+                c.handshake()
+                replies = c.option(OPT_LIST)
+                names = sorted(r.data[4:4 + struct.unpack(">I", r.data[:4])[0]]
+                               for r in replies[:-1])
+                check_eq(names, [b"first", b"ro", b"win"], "exports listed")
+                check_eq(c.go(b"ro", opt=OPT_INFO), REP_ACK, "INFO ro")
+                assert c.info["tflags"] & TF_READ_ONLY, "ro is not read-only"
+                check_eq(c.info.get("description"), b"read only",
+                         "description of ro")
+                check_eq(c.go(b"win", opt=OPT_INFO), REP_ACK, "INFO win")
+                check_eq(c.info["size"], 2 * MiB, "size of the window")
+                assert not c.info["tflags"] & TF_READ_ONLY, "win read-only"
+                # Contexts set for 'first' are gone after GO 'win'.
+                c.negotiate_structured()
+                t, _ = c.meta_context(OPT_SET_META_CONTEXT, b"first",
+                                      (b"base:allocation",))
+                check_eq(t, REP_ACK, "SET_META_CONTEXT for first")
+                check_eq(c.go(b"win"), REP_ACK, "GO win")
+                check_eq(c.read(0, 4096).data, pattern(12, 4 * MiB)[MiB:MiB +
+                                                                     4096],
+                         "first bytes of the window")
+                r = c.request(CMD_BLOCK_STATUS, 0, 4096)
+                check_eq(r.error, EINVAL, "BLOCK_STATUS on win with the "
+                         "contexts of first")
+                r = c.read(2 * MiB - 512, 1024)
+                check_eq(r.error, EINVAL, "READ past the window")
+            with s.connect(name=b"ro") as c:
+                r = c.write(0, b"x" * 512)
+                check_eq(r.error, EPERM, "WRITE to the read-only export")
+
+
 # ---- transmission (compact headers) ---------------------------------------
 
 @test
@@ -428,6 +473,45 @@ def disconnect_answers_in_flight_first():
             check_eq(c.wait_closed(), b"",
                      "bytes after the replies (READ %d came after DISC)" % late)
             check_eq(s.wait_exit(), 0, "exit status after DISC")
+
+
+@test
+def pipelined_writes_with_few_slots():
+    """64 writes sent back to back to a server with 4 request slots: it
+    must read the rest as slots free up, and answer all 64."""
+    block = 16 * 1024
+    with Workdir() as w, Server(image(w), "--max-inflight", "4") as s, \
+            s.connect() as c:
+        c.sock.settimeout(10)
+        errors = []
+
+        def send_all():
+            try:
+                for i in range(64):
+                    c.send_request(CMD_WRITE, i * block, block, 0,
+                                   bytes([i]) * block, cookie=1000 + i)
+            except OSError as e:
+                errors.append(e)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        answered = 0
+        try:
+            while answered < 64:
+                m = c.read_message()
+                if m.done:
+                    answered += 1
+        except socket.timeout:
+            pass
+        sender.join(15)
+        assert answered == 64, "%d of 64 writes answered within 10 s of " \
+            "the last reply: the server stopped reading requests (sender: " \
+            "%s)" % (answered, errors or "all sent")
+        c.pending.clear()
+        c.received.clear()
+        for i in (0, 31, 63):
+            check_eq(c.read(i * block, block).data, bytes([i]) * block,
+                     "block %d" % i)
 
 
 @test
