@@ -202,14 +202,20 @@ typedef struct Srv {
     char *dir;              /* private directory: socket, images */
     char *sock;
     char *image;            /* the image served */
+    char *log;              /* the server's stderr, appended */
+    int log_fd;
     char *uri;
     bool reaped;
     int status;
 } Srv;
 
-static void child_setup(gpointer unused)
+/* In the child: die with us, and write stderr to the server's log. */
+static void child_setup(gpointer opaque)
 {
+    Srv *s = opaque;
+
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    dup2(s->log_fd, STDERR_FILENO);
 }
 
 static char *srv_path(Srv *s, const char *name)
@@ -228,6 +234,9 @@ static Srv *srv_new(uint64_t size, const Region *r, int n)
     g_assert_no_error(err);
     s->sock = srv_path(s, "nbd.sock");
     s->image = srv_path(s, "disk.img");
+    s->log = srv_path(s, "server.log");
+    s->log_fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    g_assert_cmpint(s->log_fd, >=, 0);
     make_image(s->image, size, r, n);
     return s;
 }
@@ -261,7 +270,7 @@ static void srv_start(Srv *s, ...)
     g_ptr_array_add(argv, NULL);
     if (!g_spawn_async_with_pipes(NULL, (char **)argv->pdata, NULL,
                                   G_SPAWN_DO_NOT_REAP_CHILD, child_setup,
-                                  NULL, &s->pid, NULL, &out, NULL, &err)) {
+                                  s, &s->pid, NULL, &out, NULL, &err)) {
         g_error("cannot start %s: %s", rawnbd, err->message);
     }
     g_ptr_array_free(argv, TRUE);
@@ -277,7 +286,10 @@ static void srv_start(Srv *s, ...)
             g_error("rawnbd printed no URI within 30 s");
         }
         if (read(out, &c, 1) != 1) {
-            g_error("rawnbd exited before listening (see its stderr)");
+            char *log = NULL;
+
+            g_file_get_contents(s->log, &log, NULL, NULL);
+            g_error("rawnbd exited before listening: %s", log ? log : "");
         }
         g_string_append_c(line, c);
     }
@@ -308,11 +320,55 @@ static bool srv_wait(Srv *s, int secs)
     return true;
 }
 
+/* Show the server's log in the test output, from its first sanitizer
+ * report if it has one (else its last 30 lines). */
+static bool show_log(Srv *s, bool always)
+{
+    static const char *const marks[] = {
+        "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+        "ThreadSanitizer",
+    };
+    char *text = NULL;
+    char **lines;
+    guint n, i, from, to;
+    bool report = false;
+
+    if (!g_file_get_contents(s->log, &text, NULL, NULL)) {
+        return false;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    n = g_strv_length(lines);
+    from = n > 30 ? n - 30 : 0;
+    to = n;
+    for (i = 0; i < n && !report; i++) {
+        guint k;
+
+        for (k = 0; k < G_N_ELEMENTS(marks); k++) {
+            if (strstr(lines[i], marks[k])) {
+                report = true;
+                from = i;
+                to = MIN(n, i + 60);
+                break;
+            }
+        }
+    }
+    if (report || always) {
+        g_test_message("--- server log %s ---", s->log);
+        for (i = from; i < to; i++) {
+            g_test_message("%s", lines[i]);
+        }
+    }
+    g_strfreev(lines);
+    g_free(text);
+    return report;
+}
+
 static void check_exit_status(Srv *s)
 {
-    CHECK(WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0,
-          "rawnbd exited with status 0x%x (a sanitizer report is on "
-          "stderr if the status is 23)", s->status);
+    bool ok = WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0;
+
+    CHECK(!show_log(s, !ok), "sanitizer report in the server log");
+    CHECK(ok, "rawnbd exited with status 0x%x", s->status);
 }
 
 /* Without -t, the server must exit 0 by itself after its last client. */
@@ -364,6 +420,8 @@ static void srv_free(Srv *s)
     }
     rm_rf(s->dir);
     g_free(s->dir);
+    close(s->log_fd);
+    g_free(s->log);
     g_free(s->sock);
     g_free(s->image);
     g_free(s->uri);

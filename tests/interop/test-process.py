@@ -34,7 +34,7 @@ def sigterm_during_writes():
     block = 16 * 1024
     with Workdir() as w:
         path = w.file("disk.img")
-        size = 4 << 30
+        size = 256 * MiB       # SIGTERM at 1 s, or when it is full
         make_image(path, size)
         s = Server(path, "-t")
         c = s.connect()
