@@ -50,6 +50,13 @@ need() {
     done
 }
 
+# Skip the running case unless $T supports O_DIRECT (for --cache=none).
+need_direct_io() {
+    dd if=/dev/zero of="$T/.direct" bs=4096 count=1 oflag=direct \
+        status=none 2>/dev/null || skip "no O_DIRECT in $T"
+    rm -f "$T/.direct"
+}
+
 fail() {
     echo "FAIL: $*" >&2
     exit 1

@@ -7,6 +7,7 @@ need fio
 
 fio_verify() {
     local img=$T/fio.img out rc=0
+    case " $* " in *" --cache=none "* | *" --cache=directsync "*) need_direct_io ;; esac
     mk_image "$img" 64M
     # -t: fio opens and closes connections while it sets jobs up.
     srv_start unix "$img" -t "$@"

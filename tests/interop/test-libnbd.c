@@ -195,6 +195,36 @@ static off_t seek(const char *path, off_t off, int whence)
     return r;
 }
 
+/*
+ * The TRIM/zero tests expect holes punched in 4 KiB file-system blocks
+ * (ext4, xfs, tmpfs...); elsewhere they skip.
+ */
+static bool fs_blocks_4k(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) == 0 && st.st_blksize == 4096 &&
+        seek(path, 0, SEEK_HOLE) >= 0) {
+        return true;
+    }
+    g_test_skip("the temporary directory's file system does not have 4 KiB "
+                "blocks with SEEK_HOLE");
+    return false;
+}
+
+/* --cache=none needs O_DIRECT where the images live; else skip. */
+static bool direct_io_ok(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+
+    if (fd >= 0) {
+        close(fd);
+        return true;
+    }
+    g_test_skip("the temporary directory does not support O_DIRECT");
+    return false;
+}
+
 /* ---- the server --------------------------------------------------------- */
 
 typedef struct Srv {
@@ -896,6 +926,11 @@ static void test_trim(void)
     struct nbd_handle *h;
     int64_t b0, b1;
 
+    if (!fs_blocks_4k(s->image)) {
+        srv_free(s);
+        return;
+    }
+
     srv_start(s, NULL);
     h = open_nbd(s, 0);
     CHECK(nbd_can_trim(h) == 1, "TRIM not advertised");
@@ -942,6 +977,20 @@ static void test_trim(void)
     srv_free(s);
 }
 
+/* FAST_ZERO of 64 KiB at @off of the test_zero image (pattern 31). */
+static void fast_zero(struct nbd_handle *h, uint64_t off, uint32_t flags,
+                      const char *what)
+{
+    if (nbd_zero(h, 64 * KiB, off, LIBNBD_CMD_FLAG_FAST_ZERO | flags) == 0) {
+        check_read(h, off, 64 * KiB, 0, what);
+    } else if (nbd_get_errno() == ENOTSUP) {
+        g_test_message("%s: ENOTSUP (no fast zeroing here)", what);
+        check_read(h, off, 64 * KiB, 31, "data after a refused FAST_ZERO");
+    } else {
+        CHECK(false, "%s failed: %s", what, nbd_get_error());
+    }
+}
+
 /* WRITE_ZEROES: punched without NO_HOLE, allocated with it. */
 static void test_zero(void)
 {
@@ -949,6 +998,11 @@ static void test_zero(void)
     Srv *s = srv_new(4 * MiB, data, 1);
     struct nbd_handle *h;
     int64_t b0, b1;
+
+    if (!fs_blocks_4k(s->image)) {
+        srv_free(s);
+        return;
+    }
 
     srv_start(s, NULL);
     h = open_nbd(s, 0);
@@ -983,14 +1037,11 @@ static void test_zero(void)
     check_read(h, 1100, 1900, 31, "between the unaligned zeroes");
     check_read(h, 8000, 4096, 31, "after the unaligned zeroes");
 
-    /* FAST_ZERO: the file system can zero quickly, so it succeeds. */
-    expect_ok(nbd_zero(h, 64 * KiB, 512 * KiB, LIBNBD_CMD_FLAG_FAST_ZERO),
-              "FAST_ZERO");
-    expect_ok(nbd_zero(h, 64 * KiB, 768 * KiB,
-                       LIBNBD_CMD_FLAG_FAST_ZERO | LIBNBD_CMD_FLAG_NO_HOLE),
-              "FAST_ZERO with NO_HOLE");
-    check_read(h, 512 * KiB, 64 * KiB, 0, "FAST_ZERO range");
-    check_read(h, 768 * KiB, 64 * KiB, 0, "FAST_ZERO+NO_HOLE range");
+    /* FAST_ZERO: done if the file system zeroes quickly (punching a hole,
+     * or with NO_HOLE, FALLOC_FL_ZERO_RANGE), else ENOTSUP and the data
+     * left alone. */
+    fast_zero(h, 512 * KiB, 0, "FAST_ZERO");
+    fast_zero(h, 768 * KiB, LIBNBD_CMD_FLAG_NO_HOLE, "FAST_ZERO with NO_HOLE");
     check_read(h, 832 * KiB, 64 * KiB, 31, "after the FAST_ZERO ranges");
 
     /* A big zero: 3 MiB in one request. */
@@ -1320,6 +1371,12 @@ static void test_offset_window(void)
     uint8_t *buf = g_malloc(64 * KiB);
     char offstr[32];
 
+    if (!fs_blocks_4k(s->image)) {
+        g_free(buf);
+        srv_free(s);
+        return;
+    }
+
     snprintf(offstr, sizeof(offstr), "%" PRIu64, off);
     srv_start(s, "-t", "-o", offstr, NULL);
     h = open_nbd(s, OPEN_LAX);
@@ -1515,6 +1572,13 @@ static void direct_io(const char *aio)
     nbd_extent_callback cb = { .callback = one_ext_cb, .user_data = &o };
     char *aio_opt = g_strdup_printf("--aio=%s", aio);
     int64_t min;
+
+    if (!direct_io_ok(s->image)) {
+        g_free(aio_opt);
+        g_free(buf);
+        srv_free(s);
+        return;
+    }
 
     srv_start(s, "--cache=none", aio_opt, NULL);
     h = open_nbd(s, OPEN_LAX);

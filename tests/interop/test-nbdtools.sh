@@ -70,6 +70,7 @@ info_json_read_only() {
 
 info_json_direct() {
     local img=$T/info.img
+    need_direct_io
     mk_image "$img" 8M 0:1M
     srv_start unix "$img" -t --cache=none
     check_json '{"block_size_minimum": 512, "block_size_preferred": 4096,

@@ -34,7 +34,7 @@ def sigterm_during_writes():
     block = 16 * 1024
     with Workdir() as w:
         path = w.file("disk.img")
-        size = 256 * MiB       # SIGTERM at 1 s, or when it is full
+        size = 512 * MiB       # SIGTERM at 0.5 s, or when it is full
         make_image(path, size)
         s = Server(path, "-t")
         c = s.connect()
@@ -44,7 +44,7 @@ def sigterm_during_writes():
         start = time.monotonic()
         try:
             while True:
-                if sigterm_at is None and time.monotonic() - start > 1.0:
+                if sigterm_at is None and time.monotonic() - start > 0.5:
                     s.proc.send_signal(signal.SIGTERM)
                     sigterm_at = time.monotonic()
                 if sending and (i + 1) * block > size:
