@@ -58,6 +58,11 @@
  *                         as a hang (conn_read() waits for a new edge
  *                         after a short read, and misses an end of
  *                         stream that came before the wait)
+ *   slot-wait-edge        bit 4 is ignored (with one request in flight,
+ *                         main_co waits for the slot while more requests
+ *                         arrive; then conn_read() waits for a new edge
+ *                         after its last short recv, and those bytes are
+ *                         never read)
  *   starttls-eof          from the first STARTTLS option on, the rest
  *                         of the input goes in one piece (the TLS
  *                         handshake misses the client's end of stream
@@ -127,7 +132,7 @@ void server_conn_closed(void)
 static ServerConfig cfg;
 static unsigned default_handshake_limit;
 static bool tolerate_hs_limit_0, tolerate_inflight, tolerate_starttls;
-static bool tolerate_read0, tolerate_short_read;
+static bool tolerate_read0, tolerate_short_read, tolerate_slot_wait;
 static bool trace;              /* RAWNBD_FUZZ_TRACE=1: print each reply */
 static AioContext *ctx;
 static int img_fd = -1;
@@ -232,6 +237,7 @@ static void setup(void)
         tolerate_starttls = t && strstr(t, "starttls-eof");
         tolerate_read0 = t && strstr(t, "read-zero-length");
         tolerate_short_read = t && strstr(t, "short-read-eof");
+        tolerate_slot_wait = t && strstr(t, "slot-wait-edge");
         trace = getenv("RAWNBD_FUZZ_TRACE") &&
                 !strcmp(getenv("RAWNBD_FUZZ_TRACE"), "1");
     }
@@ -897,7 +903,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
     log_verbosity = mode & 8 ? 2 : 0;
-    cfg.max_inflight = mode & 16 ? 1 : 16;
+    cfg.max_inflight = mode & 16 && !tolerate_slot_wait ? 1 : 16;
     cfg.handshake_limit = mode & 32 && !tolerate_hs_limit_0
                           ? 0 : default_handshake_limit;
     /* The client's flags, as the server will see them. */

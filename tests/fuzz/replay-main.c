@@ -3,14 +3,17 @@
  * over saved inputs, so the corpus and every crash reproducer are
  * replayed by `make check` with the ordinary (gcc, ASan) builds.
  *
- *   fuzz-replay-TARGET [--prefix=P] [--skip=NAME]... PATH...
+ *   fuzz-replay-TARGET [--prefix=P] [--skip=NAME]... [--repeat=N] PATH...
  *
  * Each PATH is a file or a directory (every regular file in it, sorted
  * by name; hidden files skipped).  --prefix=P restricts the directories
  * named after it to files whose name starts with P (the shared
  * regressions directory holds every target's reproducers as
  * TARGET-what); --skip=NAME leaves out files of that name (reproducers
- * of bugs not fixed yet, which meson.build runs as expected failures).  A crash or failed invariant aborts with the name of
+ * of bugs not fixed yet, which meson.build runs as expected failures);
+ * --repeat=N runs each input N times, each in a fresh child process
+ * (for a reproducer that fails only most of the time); the first
+ * failure ends the replay with the same status.  A crash or failed invariant aborts with the name of
  * the input on stderr; otherwise exits 0 after printing how many inputs
  * ran.  A missing directory counts as empty.
  */
@@ -18,7 +21,10 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -26,6 +32,7 @@ __attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv)
 }
 
 static unsigned long ran;
+static int repeat = 1;
 static const char *skip[64];
 static int nskip;
 
@@ -80,7 +87,33 @@ static void run_file(const char *path)
             exit(1);
         }
         memcpy(copy, buf, len);
-        LLVMFuzzerTestOneInput(copy, len);
+        if (repeat == 1) {
+            LLVMFuzzerTestOneInput(copy, len);
+        }
+        for (int i = 0; repeat > 1 && i < repeat; i++) {
+            pid_t pid = fork();
+            int st;
+
+            if (pid < 0) {
+                fprintf(stderr, "replay: fork: %s\n", strerror(errno));
+                exit(1);
+            }
+            if (pid == 0) {
+                LLVMFuzzerTestOneInput(copy, len);
+                _exit(0);
+            }
+            if (waitpid(pid, &st, 0) < 0) {
+                fprintf(stderr, "replay: waitpid: %s\n", strerror(errno));
+                exit(1);
+            }
+            if (WIFSIGNALED(st)) {
+                signal(WTERMSIG(st), SIG_DFL);
+                raise(WTERMSIG(st));
+            }
+            if (WEXITSTATUS(st) != 0) {
+                exit(WEXITSTATUS(st));
+            }
+        }
         free(copy);
     }
     free(buf);
@@ -154,6 +187,10 @@ int main(int argc, char **argv)
 
         if (strncmp(argv[i], "--prefix=", 9) == 0) {
             prefix = argv[i] + 9;
+            continue;
+        }
+        if (strncmp(argv[i], "--repeat=", 9) == 0) {
+            repeat = atoi(argv[i] + 9) > 0 ? atoi(argv[i] + 9) : 1;
             continue;
         }
         if (strncmp(argv[i], "--skip=", 7) == 0) {
