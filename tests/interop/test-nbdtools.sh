@@ -106,6 +106,55 @@ map() {
     diff -u "$T/map.file" "$T/map.nbd" >&2 || fail "nbdinfo --map differs from the file"
 }
 
+# A badly fragmented image: 4 KiB of data every 8 KiB, 12000 extents
+# (more than one block status reply holds, and more segments than one
+# READ reply splits into).
+fragmented() {
+    local img=$T/frag.img
+    python3 -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.ftruncate(fd, 48 << 20)
+for i in range(6000):
+    os.pwrite(fd, os.urandom(16) * 256, i * 8192)
+os.fsync(fd)
+os.close(fd)' "$img"
+    srv_start unix "$img" -t
+    nbdinfo --map --json "$SRV_URI" | map_of_json nbdinfo >"$T/map.nbd"
+    nbdcopy "$SRV_URI" "$T/copy1.img"
+    nbdcopy --no-extents "$SRV_URI" "$T/copy2.img"
+    srv_stop
+    map_of_file "$img" >"$T/map.file"
+    [ "$(wc -l <"$T/map.file")" -ge 12000 ] || fail "the image is not fragmented"
+    diff -u "$T/map.file" "$T/map.nbd" >"$T/map.diff" ||
+        fail "nbdinfo --map differs from the file: $(head -n 20 "$T/map.diff")"
+    same_content "$img" "$T/copy1.img" "nbdcopy of the fragmented image"
+    same_content "$img" "$T/copy2.img" "nbdcopy --no-extents of it"
+}
+
+# --cache=none with a size that is not a multiple of the direct I/O block:
+# every byte must still reach the client (or the server must refuse to
+# start), not leave a tail nobody can read.
+unaligned_direct() {
+    local img=$T/odd.img rc=0
+    need_direct_io
+    head -c $((1048576 + 100)) /dev/urandom >"$img"
+    "$RAWNBD" --print-uri -t -k "$T/odd.sock" --cache=none "$img" \
+        >"$T/odd.uri" 2>"$T/odd.log" </dev/null &
+    SRV_PID=$!
+    SRV_LOG=$T/odd.log
+    STARTED_PIDS+=("$SRV_PID")
+    if ! srv_wait_uri "$T/odd.uri"; then
+        wait "$SRV_PID" || rc=$?
+        [ "$rc" = 1 ] || fail "status $rc: $(cat "$T/odd.log")"
+        return 0
+    fi
+    nbdcopy "$(head -n 1 "$T/odd.uri")" "$T/copy.img" ||
+        fail "nbdcopy from a --cache=none export of 1 MiB + 100 bytes failed"
+    srv_stop
+    cmp -n $((1048576 + 100)) "$img" "$T/copy.img" || fail "copy differs"
+}
+
 tap_case "nbdcopy both ways" copy_both_ways
 tap_case "nbdcopy both ways, 4 connections" copy_both_ways --connections=4
 tap_case "nbdcopy both ways, no extents" copy_both_ways --no-extents
@@ -118,6 +167,8 @@ tap_case "nbdinfo --size --can --is --list" info_misc
 tap_case "nbdinfo --map: holes" map 64M 0:64K 1M:4K 4M:512K 40M:8M 63M:1M
 tap_case "nbdinfo --map: all data" map 8M 0:8M
 tap_case "nbdinfo --map: all hole" map 8M
+tap_case "12000 extents: nbdinfo --map and nbdcopy" fragmented
+tap_case "nbdcopy from --cache=none, size not a multiple of 512" unaligned_direct
 tap_case "nbdinfo --map: many extents" map 4M 0:4K 8K:4K 16K:4K 24K:4K \
     32K:4K 64K:64K 256K:4K 1M:12K 2M:4K 3M:1M
 tap_done
