@@ -33,15 +33,25 @@
  * and header style as negotiated, a cookie of a request still open,
  * chunk types and lengths that fit the request, READ data in simple
  * replies only without structured replies; the output must end on a
- * message boundary with every request answered.  A connection still open after 10 s or too many loop
- * iterations is a hang: abort with a message.
+ * message boundary with every request answered.  A connection still
+ * open after 5 s or too many loop iterations is a hang: abort with a
+ * message.
+ *
+ * What main.c provides is re-implemented below (main.c has main()):
+ * the global `server`, server_find_export() (the same lookup, except
+ * that bit 0 picks what the empty name means), server_conn_opened()
+ * (counts only: no listener to pause) and server_conn_closed() (counts
+ * and schedules a BH in server.main_ctx, as main.c does; its BH only
+ * counts).
  *
  * The server logs go to /dev/null unless RAWNBD_FUZZ_LOG=1;
  * RAWNBD_FUZZ_TRACE=1 prints each reply the parser sees.
  *
  * RAWNBD_FUZZ_TOLERATE=bug,bug... lets a fuzzing run go on past bugs
  * already reported and not fixed yet (their reproducers are in
- * regressions/, listed as open in meson.build):
+ * regressions/, listed as open in meson.build while they are).  All but
+ * slot-wait-edge were fixed in 731f664; the switches stay for bisecting
+ * older trees:
  *   handshake-limit-0     bit 5 is ignored (conn.c deletes a handshake
  *                         timer it never initialised)
  *   disconnect-inflight   options are sent one at a time, and DISC, a
