@@ -5,6 +5,8 @@
 #   srv_start unix|tcp IMAGE [OPTS...] start rawnbd, wait until it listens;
 #                                      sets SRV_PID SRV_URI SRV_LOG SRV_SOCK
 #                                      SRV_PORT
+#   srv_spawn ARGS...                  the same with exactly these arguments;
+#                                      false (SRV_RC) if it exited first
 #   srv_stop [SIGNAL]                  signal the last server, wait, check
 #                                      exit 0 and a clean log
 #   srv_wait_exit                      the last server exits by itself, 0
@@ -110,24 +112,17 @@ srv_start() {
     local kind=$1 image=$2 i
     shift 2
     for i in 1 2 3 4 5; do
-        SRV_COUNT=$((SRV_COUNT + 1))
-        SRV_LOG=$T/srv$SRV_COUNT.log
         SRV_SOCK=
         SRV_PORT=
         local where=()
         if [ "$kind" = unix ]; then
-            SRV_SOCK=$T/srv$SRV_COUNT.sock
+            SRV_SOCK=$T/srv$((SRV_COUNT + 1)).sock
             where=(-k "$SRV_SOCK")
         else
             SRV_PORT=$(free_port)
             where=(-b 127.0.0.1 -p "$SRV_PORT")
         fi
-        "$RAWNBD" --print-uri "${where[@]}" "$@" "$image" \
-            >"$T/srv$SRV_COUNT.out" 2>"$SRV_LOG" </dev/null &
-        SRV_PID=$!
-        STARTED_PIDS+=("$SRV_PID")
-        if srv_wait_uri "$T/srv$SRV_COUNT.out"; then
-            SRV_URI=$(head -n 1 "$T/srv$SRV_COUNT.out")
+        if srv_spawn "${where[@]}" "$@" "$image"; then
             return 0
         fi
         # A TCP port taken in between: try another one.
@@ -137,22 +132,34 @@ srv_start() {
         break
     done
     cat "$SRV_LOG" >&2
-    fail "rawnbd $* $image did not start listening"
+    fail "rawnbd $* $image did not start listening (status $SRV_RC)"
 }
 
-# Wait (30 s) for the URI line; false if the server died first.
-srv_wait_uri() {
-    local out=$1 n
+# srv_spawn ARGS...: start "rawnbd --print-uri ARGS" as given.  True once
+# it listens (SRV_URI set); false if it exited first (status in SRV_RC).
+srv_spawn() {
+    local out n
+    SRV_COUNT=$((SRV_COUNT + 1))
+    SRV_LOG=$T/srv$SRV_COUNT.log
+    out=$T/srv$SRV_COUNT.out
+    "$RAWNBD" --print-uri "$@" >"$out" 2>"$SRV_LOG" </dev/null &
+    SRV_PID=$!
+    STARTED_PIDS+=("$SRV_PID")
+    SRV_URI=
+    SRV_RC=
     for n in $(seq 600); do
         if [ "$(wc -l <"$out")" -ge 1 ]; then
+            SRV_URI=$(head -n 1 "$out")
             return 0
         fi
         if ! kill -0 "$SRV_PID" 2>/dev/null; then
-            wait "$SRV_PID" || true
-            return 1
+            break
         fi
         sleep 0.05
     done
+    kill -KILL "$SRV_PID" 2>/dev/null || true
+    SRV_RC=0
+    wait "$SRV_PID" || SRV_RC=$?
     return 1
 }
 

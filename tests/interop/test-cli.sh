@@ -138,36 +138,26 @@ print_uri() {
 
 # No -b: all addresses; the URI names localhost.
 print_uri_any_address() {
-    local img=$T/p.img port uri
+    local img=$T/p.img port
     truncate -s 1M "$img"
     port=$(free_port)
-    "$RAWNBD" --print-uri -t -p "$port" "$img" >"$T/uri" 2>"$T/log" &
-    SRV_PID=$!
-    SRV_LOG=$T/log
-    STARTED_PIDS+=("$SRV_PID")
-    srv_wait_uri "$T/uri" || fail "no URI: $(cat "$T/log")"
-    uri=$(head -n 1 "$T/uri")
-    [ "$uri" = "nbd://localhost:$port/" ] || fail "URI $uri"
-    nbdinfo --size "$uri" >/dev/null || fail "nbdinfo $uri"
+    srv_spawn -t -p "$port" "$img" || fail "status $SRV_RC: $(cat "$SRV_LOG")"
+    [ "$SRV_URI" = "nbd://localhost:$port/" ] || fail "URI $SRV_URI"
+    nbdinfo --size "$SRV_URI" >/dev/null || fail "nbdinfo $SRV_URI"
     srv_stop
 }
 
 # -p 0 takes any free port: then the URI must name the port it got.
 print_uri_port_zero() {
-    local img=$T/p.img uri
+    local img=$T/p.img
     truncate -s 1M "$img"
-    "$RAWNBD" --print-uri -t -b 127.0.0.1 -p 0 "$img" >"$T/uri" 2>"$T/log" &
-    SRV_PID=$!
-    SRV_LOG=$T/log
-    STARTED_PIDS+=("$SRV_PID")
-    if ! srv_wait_uri "$T/uri"; then
+    if ! srv_spawn -t -b 127.0.0.1 -p 0 "$img"; then
         # Refusing port 0 as bad usage is fine too.
-        wait "$SRV_PID" || [ $? = 2 ] || fail "-p 0: $(cat "$T/log")"
+        [ "$SRV_RC" = 2 ] || fail "-p 0: status $SRV_RC: $(cat "$SRV_LOG")"
         return 0
     fi
-    uri=$(head -n 1 "$T/uri")
-    [[ $uri != *:0/* ]] || fail "-p 0 printed the URI $uri"
-    nbdinfo --size "$uri" >/dev/null || fail "nbdinfo cannot use $uri"
+    [[ $SRV_URI != *:0/* ]] || fail "-p 0 printed the URI $SRV_URI"
+    nbdinfo --size "$SRV_URI" >/dev/null || fail "nbdinfo cannot use $SRV_URI"
     srv_stop
 }
 

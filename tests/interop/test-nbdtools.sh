@@ -136,20 +136,14 @@ os.close(fd)' "$img"
 # every byte must still reach the client (or the server must refuse to
 # start), not leave a tail nobody can read.
 unaligned_direct() {
-    local img=$T/odd.img rc=0
+    local img=$T/odd.img
     need_direct_io
     head -c $((1048576 + 100)) /dev/urandom >"$img"
-    "$RAWNBD" --print-uri -t -k "$T/odd.sock" --cache=none "$img" \
-        >"$T/odd.uri" 2>"$T/odd.log" </dev/null &
-    SRV_PID=$!
-    SRV_LOG=$T/odd.log
-    STARTED_PIDS+=("$SRV_PID")
-    if ! srv_wait_uri "$T/odd.uri"; then
-        wait "$SRV_PID" || rc=$?
-        [ "$rc" = 1 ] || fail "status $rc: $(cat "$T/odd.log")"
+    if ! srv_spawn -t -k "$T/odd.sock" --cache=none "$img"; then
+        [ "$SRV_RC" = 1 ] || fail "status $SRV_RC: $(cat "$SRV_LOG")"
         return 0
     fi
-    nbdcopy "$(head -n 1 "$T/odd.uri")" "$T/copy.img" ||
+    nbdcopy "$SRV_URI" "$T/copy.img" ||
         fail "nbdcopy from a --cache=none export of 1 MiB + 100 bytes failed"
     srv_stop
     cmp -n $((1048576 + 100)) "$img" "$T/copy.img" || fail "copy differs"
