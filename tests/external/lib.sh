@@ -129,12 +129,16 @@ ext_apt() {
 }
 
 # ext_apt_source SRCPKG VERSION DEST: unpack Debian's source package SRCPKG
-# (Debian patches applied) into DEST, once; VERSION (may be empty) is tried
-# first, then whatever version the sources offer.  Sets EXT_SRC_VERSION to
-# the version unpacked.  Call it directly, not in $(...): it may exit.
+# (Debian patches applied) into DEST, once per VERSION; VERSION (may be
+# empty) is tried first, then whatever version the sources offer.  Sets
+# EXT_SRC_VERSION to the version unpacked.  Call it directly, not in $(...):
+# it may exit.
 ext_apt_source() {
-    local pkg=$1 ver=$2 dest=$3 dl=$EXT_CACHE/downloads/$1 dsc
-    if [ -f "$dest/.rawnbd-unpacked" ]; then
+    local pkg=$1 ver=$2 dest=$3 dsc
+    local dl=$EXT_CACHE/downloads/$pkg/${ver:-any}
+    dl=${dl//:/_}
+    if [ -f "$dest/.rawnbd-unpacked" ] &&
+        [ "$(cat "$dest/.rawnbd-requested" 2>/dev/null)" = "$ver" ]; then
         EXT_SRC_VERSION=$(cat "$dest/.rawnbd-unpacked")
         return 0
     fi
@@ -167,6 +171,7 @@ ext_apt_source() {
         ext_fail_setup "dpkg-source -x $dsc failed"
     }
     sed -n 's/^Version: //p' "$dsc" | head -n1 >"$dest.tmp/.rawnbd-unpacked"
+    printf '%s\n' "$ver" >"$dest.tmp/.rawnbd-requested"
     mv "$dest.tmp" "$dest"
     EXT_SRC_VERSION=$(cat "$dest/.rawnbd-unpacked")
 }
