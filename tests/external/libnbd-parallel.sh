@@ -14,7 +14,7 @@
 # against it, so IMAGE is filled with that pattern; the third gets zeros.
 # Each test runs 10 s, asserts the size, CAN_MULTI_CONN and writability,
 # and exits non-zero on any error or data mismatch.  The server must still be
-# running afterwards and exit 0 on SIGTERM.
+# running afterwards, exit 0 on SIGTERM and log no sanitizer report.
 #
 # Usage: libnbd-parallel.sh [TEST...]   (default: all three)
 # Environment: RAWNBD, RAWNBD_EXTERNAL_CACHE, RAWNBD_REQUIRE_EXTERNAL (see
@@ -139,6 +139,9 @@ for t in $TESTS; do
     server_pid=
     if [ -z "$reason" ] && [ "$rc" -ne 0 ]; then
         reason="rawnbd exited with status $rc on SIGTERM"
+    fi
+    if grep -qE 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$slog"; then
+        reason="${reason:+$reason; }sanitizer report in rawnbd's log"
     fi
     if [ -z "$reason" ]; then
         passed=$((passed + 1))

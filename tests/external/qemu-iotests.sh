@@ -204,13 +204,14 @@ rawnbd_starts() { # NAME
 
 # PASS   passed, with rawnbd serving
 # PASS*  passed but for the quit ordering, with rawnbd serving
-# FAIL   failed with rawnbd, passes with qemu-nbd
+# FAIL   failed with rawnbd, passes with qemu-nbd; or rawnbd's log has a
+#        sanitizer report
 # SKIP   not run by check (for another reason than format/protocol), or
 #        failed in a way that is not rawnbd's (see the note)
 # N/A    never starts the NBD server under test: passed or failed, it says
 #        nothing about rawnbd (QEMU's built-in NBD server, a fake server...)
 declare -A result note
-suspects=()
+suspects=() sanitized=()
 while read -r st t; do
     name=${t##*/}
     if [ "$st" = skip ]; then
@@ -231,6 +232,14 @@ while read -r st t; do
         continue
     fi
     note[$t]="rawnbd started $starts time(s)"
+    # a sanitizer build of rawnbd reports to its log, which no test reads
+    if grep -qE 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' \
+        "$run/logs/$name.rawnbd.log" "$run/logs/tests-$name.rawnbd.log" 2>/dev/null; then
+        result[$t]=FAIL
+        note[$t]+="; sanitizer report in rawnbd's log"
+        sanitized+=("$t")
+        continue
+    fi
     if [ "$st" = ok ]; then
         result[$t]=PASS
         continue
@@ -279,11 +288,11 @@ while read -r st t; do
     printf '%-5s %-22s %s\n' "${result[$t]}" "$t" "${note[$t]:-}"
 done < <(sort -k2 "$run/server.status")
 
-for t in "${suspects[@]}"; do
+for t in "${sanitized[@]}" "${suspects[@]}"; do
     [ "${result[$t]}" = FAIL ] || continue
     name=${t##*/}
-    echo "======== FAIL $t: expected vs actual output"
-    sed 's/^/    /' "$run/$name.diff" 2>/dev/null | head -n 80
+    echo "======== FAIL $t: ${note[$t]}"
+    [ -f "$run/$name.diff" ] && sed 's/^/    /' "$run/$name.diff" | head -n 80
     for f in "$run/logs/$name.rawnbd.log" "$run/logs/tests-$name.rawnbd.log"; do
         [ -f "$f" ] || continue
         echo "  ---- rawnbd log ($f, last 30 lines):"
