@@ -13,8 +13,12 @@
 # big-endian 64-bit offset of every 8-byte word) and check every read
 # against it, so IMAGE is filled with that pattern; the third gets zeros.
 # Each test runs 10 s, asserts the size, CAN_MULTI_CONN and writability,
-# and exits non-zero on any error or data mismatch.  The server must still be
-# running afterwards, exit 0 on SIGTERM and log no sanitizer report.
+# and exits non-zero on any error or data mismatch.  It must not take much
+# longer (a request without a reply stalls it: failed after 25 s, killed
+# after 60 s), and the server must still be running afterwards, exit 0
+# within 20 s of SIGTERM and log no sanitizer report.  On a stall or a
+# shutdown hang the server's thread stacks (gdb, if installed) go into the
+# failure report.
 #
 # Usage: libnbd-parallel.sh [TEST...]   (default: all three)
 # Environment: RAWNBD, RAWNBD_EXTERNAL_CACHE, RAWNBD_REQUIRE_EXTERNAL (see
@@ -87,7 +91,7 @@ work=$(mktemp -d /tmp/rawnbd-libnbd.XXXXXX)
 server_pid=
 cleanup() {
     if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
+        kill -KILL "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
     rm -rf "$work"
@@ -105,6 +109,18 @@ make_image() { # FILE SIZE zero|pattern
                      print pack("Q>*", map { $i + 8 * $_ } 0 .. 8191);
                  }' "$2" >"$1"
     fi
+}
+
+CLIENT_TIMEOUT=60 # s; each test runs 10 s
+STALL_SLACK=15    # s over the 10 s a test may take (start, image, shutdown)
+EXIT_TIMEOUT=20   # s rawnbd may take to exit after SIGTERM (its grace is 10 s)
+
+# server_stacks PID: the server's thread stacks, when gdb is there
+server_stacks() {
+    command -v gdb >/dev/null || return 0
+    echo "--- rawnbd thread stacks (gdb):"
+    timeout 60 gdb -p "$1" -batch -ex 'thread apply all bt' 2>&1 |
+        grep -E '^(Thread|#[0-9])' | head -n 60
 }
 
 passed=0
@@ -127,14 +143,33 @@ for t in $TESTS; do
     if [ ! -S "$sock" ]; then
         reason="rawnbd did not start listening on $sock"
     else
-        (cd "$work" && exec timeout -k 5 120 "$bld/$t" "$sock") >"$clog" 2>&1 ||
-            reason="$t exited with status $?"
+        # The test runs 10 s; a request that gets no reply stalls it.
+        crc=0
+        (cd "$work" && exec timeout -k 5 "$CLIENT_TIMEOUT" "$bld/$t" "$sock") \
+            >"$clog" 2>&1 || crc=$?
+        if [ "$crc" = 124 ] || [ "$crc" = 137 ]; then
+            reason="$t still running after $CLIENT_TIMEOUT s (a 10 s test): requests got no reply"
+            server_stacks "$server_pid" >>"$slog"
+        elif [ "$crc" != 0 ]; then
+            reason="$t exited with status $crc"
+        elif [ "$(ext_elapsed "$t0" | cut -d. -f1)" -gt $((10 + STALL_SLACK)) ]; then
+            reason="$t took $(ext_elapsed "$t0") s (a 10 s test): requests stalled"
+        fi
         if ! kill -0 "$server_pid" 2>/dev/null; then
             reason="${reason:+$reason; }rawnbd died during the test"
         fi
     fi
     kill "$server_pid" 2>/dev/null || true
     rc=0
+    for _ in $(seq $((EXIT_TIMEOUT * 10))); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$server_pid" 2>/dev/null; then
+        reason="${reason:+$reason; }rawnbd still running $EXIT_TIMEOUT s after SIGTERM"
+        server_stacks "$server_pid" >>"$slog"
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
     wait "$server_pid" || rc=$?
     server_pid=
     if [ -z "$reason" ] && [ "$rc" -ne 0 ]; then
@@ -152,8 +187,8 @@ for t in $TESTS; do
         printf 'FAIL %s (%s s): %s\n' "$t" "$(ext_elapsed "$t0")" "$reason"
         echo "  --- $t output (last 40 lines):"
         tail -n 40 "$clog" | sed 's/^/    /'
-        echo "  --- rawnbd log (last 40 lines):"
-        tail -n 40 "$slog" | sed 's/^/    /'
+        echo "  --- rawnbd log (last 80 lines):"
+        tail -n 80 "$slog" | sed 's/^/    /'
     fi
 done
 
