@@ -18,7 +18,10 @@
 #   PASS* output as expected but for QEMU's SHUTDOWN event and the reply to
 #         "quit" coming in the other order (this QEMU build's ordering; the
 #         same difference shows with qemu-nbd)
-#   FAIL  differs, and the same test passes with the real qemu-nbd
+#   FAIL  differs, and the same test passes with the real qemu-nbd; or
+#         rawnbd logged a sanitizer report, outlived check by 20 s (killed,
+#         its thread stacks in its log) or the test hung (check is stopped
+#         after $IOTESTS_TIMEOUT s, default 900)
 #   SKIP  differs, but fails with the real qemu-nbd as well: not rawnbd's
 #         doing (it is re-run with qemu-nbd to decide); or not run by check
 #         for another reason than format/protocol
@@ -28,7 +31,7 @@
 # Usage: qemu-iotests.sh [TEST...]   (default: all that check selects)
 # Environment: RAWNBD, RAWNBD_EXTERNAL_CACHE, RAWNBD_REQUIRE_EXTERNAL (see
 # lib.sh; with it, a missing qtest accelerator is a failure too),
-# IOTESTS_JOBS (check -j, default 2).
+# IOTESTS_JOBS (check -j, default 2), IOTESTS_TIMEOUT (s, default 900).
 # Output: one line per selected test, the diff and rawnbd log of each
 # failure, then "N passed, N failed, N skipped".  Run files (check's TAP
 # output, scratch dir, rawnbd logs) stay in $RAWNBD_EXTERNAL_CACHE/run/qemu-iotests.
@@ -138,7 +141,8 @@ run_check() {
         cd "$iotests" &&
             PATH=$run/bin:$PATH QEMU_NBD_PROG=$prog TEST_DIR=$work/$label \
                 SOCK_DIR=$work/$label-sock RAWNBD_SHIM_LOG_DIR=$run/logs \
-                RAWNBD_SHIM_TRACE=$run/shim-trace \
+                RAWNBD_SHIM_TRACE=$run/shim-trace RAWNBD_SHIM_PIDS=$run/shim-pids \
+                PYTHONUNBUFFERED=1 timeout -k 10 "$CHECK_TIMEOUT" \
                 python3 ./check -tap -j "${IOTESTS_JOBS:-2}" -nbd -raw "$@"
     ) >"$run/$label.tap" 2>&1 || true
 }
@@ -163,10 +167,16 @@ quit_order_fixed() { # FILE
     ' "$1"
 }
 
-tap_status() { # FILE: "STATUS NAME" per test: ok, skip, fail
-    sed -n -e 's/^ok [^ ]* \([^ ]*\) # SKIP.*/skip \1/p' \
-        -e 's/^ok [^ ]* \([^ ]*\)$/ok \1/p' \
-        -e 's/^not ok [^ ]* \([^ ]*\).*/fail \1/p' "$1"
+# FILE: "STATUS NAME" per test: ok, skip, fail, or hung (started, no result:
+# check was killed at $CHECK_TIMEOUT)
+tap_status() {
+    awk '
+        /^# running [^ ]+ [^ ]+$/ { started[$4] = 1; next }
+        /^ok [^ ]+ [^ ]+ # SKIP/ { print "skip", $3; done[$3] = 1; next }
+        /^ok [^ ]+ [^ ]+$/ { print "ok", $3; done[$3] = 1; next }
+        /^not ok [^ ]+ [^ ]+/ { print "fail", $4; done[$4] = 1; next }
+        END { for (t in started) if (!(t in done)) print "hung", t }
+    ' "$1"
 }
 
 # the not-run reason check left in the scratch dir
@@ -185,6 +195,8 @@ declare -A QEMU_NBD_SPECIFIC=(
     [241]="expects qemu-nbd's rounding of an unaligned raw image up to whole sectors (1000-byte file exported as 1024 bytes; with the format probed, also a 512-byte minimum block and qemu's probing warning on stderr); rawnbd exports the file's real 1000 bytes, which the protocol allows and the clients handle (the test's own comment calls the rounding noncompliance)"
 )
 
+CHECK_TIMEOUT=${IOTESTS_TIMEOUT:-900} # s for one check run (warm: about 70 s)
+
 t_run=$(ext_now)
 run_check server "$EXT_DIR/qemu-nbd-shim" "$@"
 tap_status "$run/server.tap" >"$run/server.status"
@@ -196,22 +208,54 @@ ext_say "check -nbd -raw with rawnbd: $(ext_elapsed "$t_run") s"
 
 # how many times rawnbd was started for a test (from the shim's trace)
 rawnbd_starts() { # NAME
-    local n=${1##*/}
-    [ "$n" = "$1" ] || n=tests-$n
-    awk -F'\t' -v n="$n" '$1 == n && index($3, ENVIRON["RAWNBD"]) == 1' \
+    awk -F'\t' -v n="${1##*/}" '$1 == n && index($3, ENVIRON["RAWNBD"]) == 1' \
         "$run/shim-trace" 2>/dev/null | grep -c . || true
 }
+
+# "PID NAME" of the servers the shim started that are still running
+servers_running() {
+    local pid n
+    [ -f "$run/shim-pids" ] || return 0
+    while read -r pid n; do
+        [ -r "/proc/$pid/cmdline" ] || continue
+        [ "$(tr '\0' '\n' <"/proc/$pid/cmdline" | head -n1)" = "$RAWNBD" ] || continue
+        [ "$(awk '{ print $3 }' "/proc/$pid/stat")" != Z ] || continue
+        echo "$pid $n"
+    done <"$run/shim-pids"
+}
+
+# Servers that outlive check: each test stops its own (SIGTERM, or SIGKILL
+# from the Python tests) and rawnbd has 10 s of grace for requests in flight.
+# One still running 20 s after check ended is reported against its test,
+# with its thread stacks, and killed.
+declare -A outlived
+for _ in $(seq 40); do
+    [ -n "$(servers_running)" ] || break
+    sleep 0.5
+done
+while read -r pid n; do
+    [ -n "$pid" ] || continue
+    outlived[$n]+="$pid "
+    {
+        echo "=== $(date '+%T'): pid $pid still running 20 s after check ended"
+        if command -v gdb >/dev/null; then
+            timeout 60 gdb -p "$pid" -batch -ex 'thread apply all bt' 2>&1 |
+                grep -E '^(Thread|#[0-9])' | head -n 60
+        fi
+    } >>"$run/logs/$n.rawnbd.log"
+    kill -KILL "$pid" 2>/dev/null || true
+done < <(servers_running)
 
 # PASS   passed, with rawnbd serving
 # PASS*  passed but for the quit ordering, with rawnbd serving
 # FAIL   failed with rawnbd, passes with qemu-nbd; or rawnbd's log has a
-#        sanitizer report
+#        sanitizer report; or its rawnbd outlived check; or it hung
 # SKIP   not run by check (for another reason than format/protocol), or
 #        failed in a way that is not rawnbd's (see the note)
 # N/A    never starts the NBD server under test: passed or failed, it says
 #        nothing about rawnbd (QEMU's built-in NBD server, a fake server...)
 declare -A result note
-suspects=() sanitized=()
+suspects=() plain_fails=() # plain_fails: failures that need no re-run
 while read -r st t; do
     name=${t##*/}
     if [ "$st" = skip ]; then
@@ -228,16 +272,28 @@ while read -r st t; do
     if [ "$starts" -eq 0 ]; then
         result[$t]=N/A
         note[$t]="never starts the NBD server under test"
-        [ "$st" = ok ] || note[$t]+="; failed (not rawnbd's doing)"
+        [ "$st" = ok ] || note[$t]+="; $([ "$st" = hung ] && echo "did not finish" || echo failed) (not rawnbd's doing)"
         continue
     fi
     note[$t]="rawnbd started $starts time(s)"
     # a sanitizer build of rawnbd reports to its log, which no test reads
     if grep -qE 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' \
-        "$run/logs/$name.rawnbd.log" "$run/logs/tests-$name.rawnbd.log" 2>/dev/null; then
+        "$run/logs/$name.rawnbd.log" 2>/dev/null; then
         result[$t]=FAIL
         note[$t]+="; sanitizer report in rawnbd's log"
-        sanitized+=("$t")
+        plain_fails+=("$t")
+        continue
+    fi
+    if [ -n "${outlived[$name]:-}" ]; then
+        result[$t]=FAIL
+        note[$t]+="; rawnbd (pid ${outlived[$name]% }) still running 20 s after check ended: killed"
+        plain_fails+=("$t")
+        continue
+    fi
+    if [ "$st" = hung ]; then
+        result[$t]=FAIL
+        note[$t]+="; did not finish: check was stopped after $CHECK_TIMEOUT s"
+        plain_fails+=("$t")
         continue
     fi
     if [ "$st" = ok ]; then
@@ -288,16 +344,16 @@ while read -r st t; do
     printf '%-5s %-22s %s\n' "${result[$t]}" "$t" "${note[$t]:-}"
 done < <(sort -k2 "$run/server.status")
 
-for t in "${sanitized[@]}" "${suspects[@]}"; do
+for t in "${plain_fails[@]}" "${suspects[@]}"; do
     [ "${result[$t]}" = FAIL ] || continue
     name=${t##*/}
     echo "======== FAIL $t: ${note[$t]}"
     [ -f "$run/$name.diff" ] && sed 's/^/    /' "$run/$name.diff" | head -n 80
-    for f in "$run/logs/$name.rawnbd.log" "$run/logs/tests-$name.rawnbd.log"; do
-        [ -f "$f" ] || continue
-        echo "  ---- rawnbd log ($f, last 30 lines):"
-        tail -n 30 "$f" | sed 's/^/    /'
-    done
+    f=$run/logs/$name.rawnbd.log
+    if [ -f "$f" ]; then
+        echo "  ---- rawnbd log ($f, last 40 lines):"
+        tail -n 40 "$f" | sed 's/^/    /'
+    fi
 done
 
 ext_say "total $(ext_elapsed "$t_start") s; files in $run"
