@@ -163,10 +163,17 @@ static void notify_read(void *opaque)
     uint64_t value;
     ssize_t r;
 
-    atomic_store_seq(&ctx->notified, false);
+    /*
+     * Drain first, then clear: a notifier that finds `notified` still set
+     * skips its write, and its work is seen by the BH poll that follows.
+     * The other order could drain a write made after the clear and leave
+     * `notified` set with the eventfd empty: every later aio_notify would
+     * skip its write, and the loop would sleep for ever.
+     */
     do {
         r = read(ctx->notify_fd, &value, sizeof(value));
     } while (r < 0 && errno == EINTR);
+    atomic_store_seq(&ctx->notified, false);
 }
 
 /* ---- fd handlers ------------------------------------------------------ */
@@ -698,7 +705,12 @@ static void cofd_read_ready(void *opaque)
     if (f->h->revents & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
         f->hup = true;
     }
-    cofd_wake(f, &f->reader);
+    if (f->reader) {
+        cofd_wake(f, &f->reader);
+    } else {
+        /* Nobody waits: keep the edge for the next wait. */
+        f->rd_edge = true;
+    }
 }
 
 static void cofd_write_ready(void *opaque)
@@ -727,6 +739,11 @@ int coroutine_fn aio_cofd_wait_readable(AioCoFd *f)
 {
     if (f->rd_cancelled) {
         return -ECANCELED;
+    }
+    if (f->rd_edge) {
+        /* It came while nobody waited: the fd may have data. */
+        f->rd_edge = false;
+        return 0;
     }
     f->reader = co_self();
     co_yield();

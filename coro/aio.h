@@ -187,7 +187,10 @@ bool aio_context_busy(AioContext *ctx);
  * AioCoFd watches one non-blocking fd, edge-triggered, for coroutines that
  * read and write it: the I/O loop calls recv()/send() and, on EAGAIN,
  * aio_cofd_wait_*() to yield until the fd is ready.  One reader and one
- * writer coroutine may wait at a time.  Writability is watched only while
+ * writer coroutine may wait at a time.  A readable edge that arrives while
+ * no reader waits is kept, and the next wait returns at once: so a reader
+ * that stops after a short read (knowing the fd was drained) and waits
+ * later never misses data that came in between.  Writability is watched only while
  * a writer waits, so a socket that never fills costs no epoll_ctl.
  */
 typedef struct AioCoFd {
@@ -198,6 +201,7 @@ typedef struct AioCoFd {
     bool hup;                   /* epoll reported a hang-up or an error:
                                    the end of stream may already be read
                                    without a further edge to come */
+    bool rd_edge;               /* readable edge seen with no reader */
     bool rd_cancelled;          /* reads cancelled */
     bool wr_cancelled;          /* writes cancelled */
     Coroutine *reader;

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <glib.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -654,6 +655,118 @@ static void test_co_wake_cross_thread(void)
     teardown();
 }
 
+/*
+ * An edge that arrives while the reader is busy elsewhere is kept: the
+ * reader's next wait returns at once instead of sleeping on data that is
+ * already there.
+ */
+typedef struct EdgeReader {
+    AioCoFd f;
+    int fd;
+    int stage;
+    int wait_ret;
+} EdgeReader;
+
+static void edge_reader_co(void *opaque)
+{
+    EdgeReader *e = opaque;
+    char buf[16];
+
+    g_assert_cmpint(recv(e->fd, buf, sizeof(buf), 0), ==, 1);
+    e->stage = 1;
+    co_yield();                 /* busy (say, waiting for a free slot) */
+    e->stage = 2;
+    e->wait_ret = aio_cofd_wait_readable(&e->f);
+    g_assert_cmpint(recv(e->fd, buf, sizeof(buf), 0), ==, 1);
+    e->stage = 3;
+}
+
+static void test_cofd_kept_edge(void)
+{
+    EdgeReader e = { .stage = 0 };
+    Coroutine *co;
+    int sv[2];
+
+    setup();
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv),
+                    ==, 0);
+    e.fd = sv[1];
+    g_assert_cmpint(aio_cofd_init(&e.f, ctx, e.fd), ==, 0);
+    g_assert_cmpint(send(sv[0], "a", 1, 0), ==, 1);
+    drain();                    /* this edge: nobody waits yet */
+    co = co_create(edge_reader_co, &e);
+    aio_co_enter(ctx, co);
+    g_assert_cmpint(e.stage, ==, 1);
+    g_assert_cmpint(send(sv[0], "b", 1, 0), ==, 1);
+    drain();                    /* the edge for "b" comes while busy */
+    co_enter(co);
+    g_assert_cmpint(e.stage, ==, 3);
+    g_assert_cmpint(e.wait_ret, ==, 0);
+    aio_cofd_destroy(&e.f);
+    close(sv[0]);
+    close(sv[1]);
+    drain();
+    teardown();
+}
+
+/*
+ * Many wake-ups from another thread while the loop sleeps: none may be
+ * lost (a lost one leaves aio_poll asleep and the test times out).
+ */
+typedef struct NotifyStress {
+    AioBH *bh;
+    int ran;                    /* atomic */
+    int rounds;
+} NotifyStress;
+
+static void stress_cb(void *opaque)
+{
+    NotifyStress *n = opaque;
+
+    atomic_store_seq(&n->ran, atomic_read(&n->ran) + 1);
+}
+
+static void *stress_thread(void *opaque)
+{
+    NotifyStress *n = opaque;
+    int i;
+
+    for (i = 0; i < n->rounds; i++) {
+        aio_bh_schedule(n->bh);
+        while (atomic_load_seq(&n->ran) <= i) {
+            sched_yield();
+        }
+    }
+    return NULL;
+}
+
+static void test_notify_stress(void)
+{
+    enum { THREADS = 3 };
+    NotifyStress n[THREADS];
+    pthread_t th[THREADS];
+    int i, done;
+
+    setup();
+    for (i = 0; i < THREADS; i++) {
+        n[i] = (NotifyStress) { .rounds = 30000 };
+        n[i].bh = aio_bh_new(ctx, stress_cb, &n[i], "stress", 0);
+        pthread_create(&th[i], NULL, stress_thread, &n[i]);
+    }
+    do {
+        aio_poll(ctx, true);
+        for (i = 0, done = 0; i < THREADS; i++) {
+            done += atomic_load_seq(&n[i].ran) == n[i].rounds;
+        }
+    } while (done < THREADS);
+    for (i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        aio_bh_delete(n[i].bh);
+    }
+    drain();
+    teardown();
+}
+
 /* ---- loop threads ---------------------------------------------------------- */
 
 typedef struct Hop {
@@ -773,6 +886,8 @@ int main(int argc, char **argv)
     g_test_add_func("/aio/fd/handler", test_fd_handler);
     g_test_add_func("/aio/cofd/backpressure", test_cofd);
     g_test_add_func("/aio/cofd/cancel", test_cofd_cancel);
+    g_test_add_func("/aio/cofd/kept-edge", test_cofd_kept_edge);
+    g_test_add_func("/aio/notify/stress", test_notify_stress);
     g_test_add_func("/aio/co/wake-cross-thread", test_co_wake_cross_thread);
     g_test_add_func("/aio/loops/reschedule", test_loops_reschedule);
     g_test_add_func("/aio/loops/stop-drains", test_loops_stop_drains);

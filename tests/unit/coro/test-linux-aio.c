@@ -91,7 +91,7 @@ static void job_co(void *opaque)
     int jfd = j->bad_fd ? 999 : fd;
 
     j->ret = j->is_read ? laio_co_preadv(laio, jfd, &iov, 1, j->offset)
-                        : laio_co_pwritev(laio, jfd, &iov, 1, j->offset);
+                        : laio_co_pwritev(laio, jfd, &iov, 1, j->offset, 0);
     (*j->done)++;
 }
 
@@ -359,7 +359,7 @@ static void pool_co(void *opaque)
     struct stat st;
     bool ok = true;
 
-    ok &= pool_co_pwritev(p->wfd, wv, 2, 0) == 3 * BLK;
+    ok &= pool_co_pwritev(p->wfd, wv, 2, 0, RWF_DSYNC) == 3 * BLK;
     ok &= pool_co_fdatasync(p->wfd) == 0;
     ok &= pool_co_preadv(p->wfd, &rv, 1, 0) == 3 * BLK;
     ok &= memcmp(wbuf, rbuf, 3 * BLK) == 0;
