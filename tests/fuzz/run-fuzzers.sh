@@ -21,7 +21,7 @@ seconds=${1:-60}
 [ $# -gt 0 ] && shift
 targets=${*:-option meta request bs-payload client-flags conn}
 build=$top/build-fuzz
-: "${RAWNBD_FUZZ_TOLERATE=slot-wait-edge}"
+: "${RAWNBD_FUZZ_TOLERATE=}"
 export RAWNBD_FUZZ_TOLERATE
 
 if [ ! -f "$build/build.ninja" ]; then
