@@ -112,6 +112,22 @@ uint32_t nbd_request_check(const NBDRequest *req, const NBDSession *s,
         out->disconnect = true;
         return 0;
     }
+    if (s->read_only && cmd_writes(type)) {
+        /*
+         * A read-only export need not advertise TRIM or WRITE_ZEROES, yet
+         * the spec wants EPERM for them: judge their flags as if it did,
+         * then refuse.
+         */
+        NBDSession rw = *s;
+
+        rw.tflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+                     NBD_FLAG_SEND_FAST_ZERO;
+        if (!cmd_allowed(type, &rw) ||
+            (req->flags & ~cmd_flags_allowed(type, &rw))) {
+            return NBD_EINVAL;
+        }
+        return NBD_EPERM;
+    }
     if (!cmd_allowed(type, s)) {
         return NBD_EINVAL;
     }
@@ -121,9 +137,6 @@ uint32_t nbd_request_check(const NBDRequest *req, const NBDSession *s,
     if (s->extended && type == NBD_CMD_WRITE &&
         !(req->flags & NBD_CMD_FLAG_PAYLOAD_LEN)) {
         return NBD_EINVAL;
-    }
-    if (s->read_only && cmd_writes(type)) {
-        return NBD_EPERM;
     }
     switch (type) {
     case NBD_CMD_FLUSH:

@@ -308,7 +308,7 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
           "Print the version and exit", NULL },
         { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &files,
           NULL, "FILE..." },
-        { NULL },
+        G_OPTION_ENTRY_NULL,
     };
     GOptionContext *oc;
     GError *err = NULL;

@@ -148,12 +148,34 @@ bool export_open(Export *e, const ExportConfig *ec, const ServerConfig *cfg,
         return false;
     }
 
-    e->min_block = e->direct ? direct_alignment(e->fd, e->block_device) : 1;
-    if (e->direct && (e->offset % e->min_block)) {
-        g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_INVAL,
-                    "with --cache=none the offset must be a multiple of %u",
-                    e->min_block);
-        return false;
+    e->min_block = 1;
+    e->fd_buffered = -1;
+    if (e->direct) {
+        char proc[64];
+
+        e->dio_align = direct_alignment(e->fd, e->block_device);
+        if (e->offset % e->dio_align) {
+            g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "with --cache=none the offset must be a multiple "
+                        "of %u", e->dio_align);
+            return false;
+        }
+        /*
+         * Requests O_DIRECT cannot take (unaligned ones) go through a
+         * second, buffered descriptor of the same file.  Clients are asked
+         * to align to the device's block, unless the size is not a
+         * multiple of it: then the tail must stay reachable, and the
+         * minimum is 1.
+         */
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", e->fd);
+        e->fd_buffered = open(proc, (flags & ~O_DIRECT));
+        if (e->fd_buffered < 0) {
+            g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(errno),
+                        "cannot reopen '%s': %s", ec->file,
+                        g_strerror(errno));
+            return false;
+        }
+        e->min_block = e->size % e->dio_align ? 1 : e->dio_align;
     }
     e->pref_block = MAX(PREFERRED_BLOCK, e->min_block);
     e->max_payload = NBD_DEFAULT_MAX_PAYLOAD;
@@ -178,6 +200,9 @@ void export_close(Export *e)
     if (e->fd >= 0) {
         close(e->fd);
     }
+    if (e->fd_buffered >= 0) {
+        close(e->fd_buffered);
+    }
     g_free(e->name);
     g_free(e->description);
     g_free(e->path);
@@ -185,11 +210,27 @@ void export_close(Export *e)
 
 /* ---- reads and writes ---------------------------------------------- */
 
+/* May O_DIRECT take this request as it is? */
+static bool dio_aligned(const Export *e, const struct iovec *iov, int n,
+                        off_t pos)
+{
+    uintptr_t bits = pos;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        bits |= (uintptr_t)iov[i].iov_base | iov[i].iov_len;
+    }
+    return (bits & (e->dio_align - 1)) == 0;
+}
+
 ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
                                       uint64_t offset)
 {
     off_t pos = e->offset + offset;
 
+    if (unlikely(e->direct && !dio_aligned(e, iov, n, pos))) {
+        return pool_co_preadv(e->fd_buffered, iov, n, pos);
+    }
     if (e->native_aio) {
         LinuxAioState *s = laio_get(aio_current());
 
@@ -214,6 +255,9 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
     off_t pos = e->offset + offset;
     int rwf = fua || e->sync_writes ? RWF_DSYNC : 0;
 
+    if (unlikely(e->direct && !dio_aligned(e, iov, n, pos))) {
+        return pool_co_pwritev(e->fd_buffered, iov, n, pos, rwf);
+    }
     if (e->native_aio) {
         LinuxAioState *s = laio_get(aio_current());
 
@@ -303,6 +347,9 @@ int coroutine_fn export_co_zero(Export *e, uint64_t offset, uint64_t len,
 {
     int r = -EOPNOTSUPP;
 
+    if (len == 0) {
+        return fua ? export_co_flush(e) : 0;
+    }
     if (may_trim && e->discard) {
         r = try_fallocate(e, &e->can_punch,
                           FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,

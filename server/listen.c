@@ -357,6 +357,31 @@ static char *activated_address(bool *is_unix)
     return peer_name(&ss, len);
 }
 
+/* The TCP port actually bound (it differs from -p 0), or NULL. */
+static char *bound_port(void)
+{
+    guint i;
+
+    for (i = 0; listeners && i < listeners->len; i++) {
+        Listener *l = &g_array_index(listeners, Listener, i);
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+
+        if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0) {
+            continue;
+        }
+        if (ss.ss_family == AF_INET) {
+            return g_strdup_printf("%u", ntohs(((struct sockaddr_in *)&ss)
+                                               ->sin_port));
+        }
+        if (ss.ss_family == AF_INET6) {
+            return g_strdup_printf("%u", ntohs(((struct sockaddr_in6 *)&ss)
+                                               ->sin6_port));
+        }
+    }
+    return NULL;
+}
+
 char *listen_uri(void)
 {
     const ServerConfig *cfg = server.cfg;
@@ -390,11 +415,14 @@ char *listen_uri(void)
     } else {
         const char *host = cfg->bind_addr ? cfg->bind_addr : "localhost";
         bool v6 = strchr(host, ':') != NULL;
-        bool port = strcmp(cfg->port, "10809") != 0;
+        char *bound = bound_port();
+        const char *p = bound ? bound : cfg->port;
+        bool port = strcmp(p, "10809") != 0;
 
         uri = g_strdup_printf("nbd%s://%s%s%s%s%s/%s", tls, v6 ? "[" : "",
                               host, v6 ? "]" : "", port ? ":" : "",
-                              port ? cfg->port : "", ename);
+                              port ? p : "", ename);
+        g_free(bound);
     }
     g_free(ename);
     return uri;

@@ -20,7 +20,8 @@ void log_init(LogTarget t)
     }
 }
 
-static void vlog(int prio, const char *tag, const char *fmt, va_list ap)
+static void G_GNUC_PRINTF(3, 0) vlog(int prio, const char *tag,
+                                     const char *fmt, va_list ap)
 {
     char buf[512];
     char *msg = buf;

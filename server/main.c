@@ -233,9 +233,19 @@ static void daemon_ready(void)
     ready_fd = -1;
 }
 
+/* Start-up failed: say why once, exit 1. */
+static int setup_failed(GError *err)
+{
+    fprintf(stderr, "rawnbd: %s\n", err->message);
+    g_error_free(err);
+    return 1;
+}
+
+/* File scope, so that what it holds stays reachable on early exits. */
+static ServerConfig cfg;
+
 int main(int argc, char **argv)
 {
-    ServerConfig cfg;
     GError *err = NULL;
     char *uri;
     unsigned i;
@@ -251,14 +261,12 @@ int main(int argc, char **argv)
     for (i = 0; i < server.nexports; i++) {
         if (!export_open(&server.exports[i],
                          g_ptr_array_index(cfg.exports, i), &cfg, &err)) {
-            fprintf(stderr, "rawnbd: %s\n", err->message);
-            return 1;
+            return setup_failed(err);
         }
     }
 
     if (!tls_init(&cfg, &err)) {
-        fprintf(stderr, "rawnbd: %s\n", err->message);
-        return 1;
+        return setup_failed(err);
     }
 
     server.main_ctx = aio_context_new();
@@ -270,13 +278,11 @@ int main(int argc, char **argv)
     aio_context_set_current(server.main_ctx);
     aio_timer_init(server.main_ctx, &grace_timer, grace_expired, NULL);
     if (!listen_start(server.main_ctx, &err)) {
-        fprintf(stderr, "rawnbd: %s\n", err->message);
-        return 1;
+        return setup_failed(err);
     }
 
     if (cfg.metrics && !metrics_start(server.main_ctx, cfg.metrics, &err)) {
-        fprintf(stderr, "rawnbd: %s\n", err->message);
-        return 1;
+        return setup_failed(err);
     }
 
     uri = listen_uri();

@@ -130,6 +130,8 @@ struct Export {
     char *description;
     char *path;
     int fd;                     /* the image, O_DIRECT with cache=none */
+    int fd_buffered;            /* cache=none: for unaligned requests */
+    uint32_t dio_align;         /* cache=none: O_DIRECT's alignment */
     uint64_t offset;            /* export byte 0 is image byte @offset */
     uint64_t size;              /* export size, exact */
     bool read_only;

@@ -265,7 +265,7 @@ int main(int argc, char **argv)
           "PATH" },
         { "depth", 'd', 0, G_OPTION_ARG_INT, &depth,
           "AIO queue depth (default 32)", "N" },
-        { NULL },
+        G_OPTION_ENTRY_NULL,
     };
     GOptionContext *oc = g_option_context_new("- runtime microbenchmarks");
     GError *err = NULL;

@@ -137,6 +137,13 @@ static const NBDSession s_ro = {
     .tflags = ALL_SEND_FLAGS | NBD_FLAG_READ_ONLY, .read_only = true,
     .structured = true, .meta = 1,
 };
+/* Read-only as the server advertises it: no TRIM, no WRITE_ZEROES. */
+static const NBDSession s_ro_srv = {
+    .size = 1 * MiB, .min_block = 512, .max_payload = 64 * KiB,
+    .tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
+              NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE,
+    .read_only = true, .structured = true, .meta = 1,
+};
 /* Nothing negotiated or advertised; defaults for block sizes. */
 static const NBDSession s_plain = {
     .size = 1 * GiB, .tflags = NBD_FLAG_HAS_FLAGS,
@@ -296,6 +303,11 @@ static const CheckCase check_cases[] = {
     C(&s_ro, FL, 0, 0, 0, 0, 0),
     C(&s_ro, CA, 0, 0, 512, 0, 0),
     C(&s_ro, BS, 0, 0, 512, 0, 0),
+    /* ...even when TRIM and WRITE_ZEROES are not advertised. */
+    C(&s_ro_srv, TR, 0, 0, 512, EPERM_, 0),
+    C(&s_ro_srv, WZ, NOHOLE, 0, 512, EPERM_, 0),
+    C(&s_ro_srv, WZ, FAST, 0, 512, EPERM_, 0),
+    C(&s_ro_srv, TR, DF, 0, 512, EINVAL_, 0),
 
     /* FLUSH must have zero offset and length. */
     C(&s_sr, FL, 0, 512, 0, EINVAL_, 0),
