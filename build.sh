@@ -19,7 +19,8 @@ BUILD_PKGS="gcc make meson ninja-build pkg-config libglib2.0-dev libaio-dev
 libgnutls28-dev"
 TEST_PKGS="libnbd-dev libnbd-bin python3-libnbd qemu-utils fio gnutls-bin
 mandoc valgrind clang libclang-rt-14-dev systemd nbdkit nbd-client
-qemu-system-x86 busybox-static e2fsprogs xz-utils"
+qemu-system-x86 busybox-static e2fsprogs xz-utils dpkg-dev libpixman-1-dev
+libfdt-dev zlib1g-dev curl"
 BENCH_PKGS="libnbd-bin qemu-utils nbdkit nbd-server fio util-linux"
 
 say() { printf '%s\n' "build.sh: $*" >&2; }
@@ -93,11 +94,17 @@ check)
     meson_build build
     meson test -C build --print-errorlogs --num-processes 2
     if [ "${RAWNBD_SKIP_SANITIZERS:-0}" != 1 ]; then
+        # The VM and the other projects' suites ran above; here the
+        # unit, fuzz-replay and interop tests run again under sanitizers.
         meson_build build-asan -Db_sanitize=address,undefined \
             -Db_lundef=false
         ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 \
             meson test -C build-asan --print-errorlogs --num-processes 2 \
-            --no-suite vm --no-suite slow
+            --no-suite vm --no-suite external --no-suite slow
+        meson_build build-tsan -Db_sanitize=thread -Db_lundef=false
+        TSAN_OPTIONS=halt_on_error=1 \
+            meson test -C build-tsan --print-errorlogs --num-processes 2 \
+            --suite coro
     fi
     say "all tests passed"
     ;;
