@@ -7,7 +7,8 @@
  *   cache=none,  aio=threads   O_DIRECT + thread pool
  *   cache=writeback            reads: preadv2(RWF_NOWAIT) inline when the
  *                              data is in the page cache, else the pool;
- *                              writes: the pool
+ *                              writes: inline, unless they have been
+ *                              slow lately (then, and with FUA, the pool)
  * Flush, trim, zero: fdatasync/fallocate in the pool.
  * Block status: lseek(SEEK_DATA/SEEK_HOLE) inline, on a per-thread fd so
  * that loops do not contend for one file position lock, bounded in extents
@@ -249,6 +250,28 @@ ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
     return pool_co_preadv(e->fd, iov, n, pos);
 }
 
+/*
+ * A buffered write is a copy into the page cache: done here it costs about
+ * 2 us per 4 KiB here, against 14 us through the thread pool.  But the
+ * kernel may throttle a writer when too much is dirty, and that would
+ * stall every connection of this loop: a write that took long sends the
+ * export's writes to the pool for a while.
+ */
+#define INLINE_WRITE_SLOW_NS (50 * 1000 * 1000)
+#define POOL_WRITES_FOR_NS (200 * 1000 * 1000)
+
+static ssize_t write_inline(Export *e, struct iovec *iov, int n, off_t pos)
+{
+    int64_t t0 = clock_ns(), t1;
+    ssize_t r = file_pwritev_full(e->fd, iov, n, pos, 0);
+
+    t1 = clock_ns();
+    if (unlikely(t1 - t0 > INLINE_WRITE_SLOW_NS)) {
+        atomic_set(&e->pool_writes_until, t1 + POOL_WRITES_FOR_NS);
+    }
+    return r;
+}
+
 ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
                                        uint64_t offset, bool fua)
 {
@@ -264,6 +287,10 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
         if (likely(s)) {
             return laio_co_pwritev(s, e->fd, iov, n, pos, rwf);
         }
+    }
+    if (!e->direct && !rwf &&
+        clock_ns() >= atomic_read(&e->pool_writes_until)) {
+        return write_inline(e, iov, n, pos);
     }
     return pool_co_pwritev(e->fd, iov, n, pos, rwf);
 }

@@ -146,6 +146,8 @@ struct Export {
     uint32_t max_payload;
     uint32_t hole_granularity;  /* rounding for TRIM (fs block size) */
     uint16_t tflags;            /* transmission flags we advertise */
+    int64_t pool_writes_until;  /* atomic: clock_ns() before which buffered
+                                   writes go to the pool (see export.c) */
     int can_punch;              /* atomic: 1 yes, 0 unknown, -1 no */
     int can_zero_range;         /* atomic: same */
 };
