@@ -97,7 +97,7 @@ check)
         # The VM and the other projects' suites ran above; here the
         # unit, fuzz-replay and interop tests run again under sanitizers.
         meson_build build-asan -Db_sanitize=address,undefined \
-            -Db_lundef=false
+            -Db_lundef=false -Dfault_injection=true
         ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 \
             meson test -C build-asan --print-errorlogs --num-processes 2 \
             --no-suite vm --no-suite external --no-suite slow

@@ -19,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "linux-aio.h"
 
 #define LAIO_MAX_EVENTS 1024    /* default io_setup size and in-flight cap */
@@ -103,6 +104,12 @@ void iov_memset_from(const struct iovec *iov, int iovcnt, size_t from)
 
 static void laio_complete(LinuxAioState *s, LaioReq *r, long res)
 {
+    int fault = fault_check(r->is_read ? FAULT_LAIO_READ : FAULT_LAIO_WRITE,
+                            r->iocb.u.v.offset, r->nbytes);
+
+    if (unlikely(fault) && res >= 0) {
+        res = fault == FAULT_SHORT ? (long)r->nbytes / 2 : fault;
+    }
     if (res >= 0 && (size_t)res != r->nbytes) {
         if (r->is_read) {
             /* Short read: end of file.  The rest reads as zeros. */
@@ -179,7 +186,11 @@ static void laio_submit(LinuxAioState *s)
              s->inflight + n < laio_max_inflight; r = r->next) {
             iocbs[n++] = &r->iocb;
         }
-        ret = io_submit(s->io_ctx, n, iocbs);
+        ret = fault_check(FAULT_LAIO_SUBMIT, s->pending->iocb.u.v.offset,
+                          s->pending->nbytes);
+        if (likely(ret >= 0)) {
+            ret = io_submit(s->io_ctx, n, iocbs);
+        }
         s->stats.submit_calls++;
         if (ret == -EAGAIN || ret == -EINTR) {
             s->stats.eagain++;

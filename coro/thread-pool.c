@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "linux-aio.h"
 #include "thread-pool.h"
 
@@ -179,11 +180,28 @@ static ssize_t file_rw_full(int fd, const struct iovec *iov, int iovcnt,
     struct iovec *copy = NULL;
     const struct iovec *cur = iov;
     int curcnt = iovcnt;
+    int fault = fault_check(is_read ? FAULT_PREADV : FAULT_PWRITEV, offset,
+                            total);
 
+    if (fault < 0) {
+        return fault;
+    }
     while (done < total) {
-        ssize_t r = is_read ? preadv2(fd, cur, curcnt, offset + done, flags)
-                            : pwritev2(fd, cur, curcnt, offset + done, flags);
+        ssize_t r;
         int skip;
+
+        if (unlikely(fault == FAULT_SHORT) && total > 1) {
+            /* As if the kernel stopped half way: the loop must go on. */
+            struct iovec half = { iov[0].iov_base,
+                                  MIN(iov[0].iov_len, total / 2) };
+
+            fault = 0;
+            r = is_read ? preadv2(fd, &half, 1, offset, flags)
+                        : pwritev2(fd, &half, 1, offset, flags);
+        } else {
+            r = is_read ? preadv2(fd, cur, curcnt, offset + done, flags)
+                        : pwritev2(fd, cur, curcnt, offset + done, flags);
+        }
 
         if (r < 0) {
             if (errno == EINTR) {
@@ -258,6 +276,11 @@ static long do_fdatasync(void *opaque)
 {
     FileOp *op = opaque;
 
+    int fault = fault_check(FAULT_FDATASYNC, 0, 0);
+
+    if (fault < 0) {
+        return fault;
+    }
     return fdatasync(op->fd) < 0 ? -errno : 0;
 }
 
@@ -265,6 +288,11 @@ static long do_fallocate(void *opaque)
 {
     FileOp *op = opaque;
 
+    int fault = fault_check(FAULT_FALLOCATE, op->offset, op->len);
+
+    if (fault < 0) {
+        return fault;
+    }
     return fallocate(op->fd, op->mode, op->offset, op->len) < 0 ? -errno : 0;
 }
 

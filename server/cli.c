@@ -327,7 +327,8 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     g_option_context_free(oc);
 
     if (version) {
-        printf("rawnbd %s\n", RAWNBD_VERSION);
+        printf("rawnbd %s%s\n", RAWNBD_VERSION,
+               CONFIG_FAULT_INJECTION ? " (fault injection build)" : "");
         exit(0);
     }
 

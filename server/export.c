@@ -28,6 +28,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "coro/fault.h"
 #include "coro/linux-aio.h"
 #include "coro/thread-pool.h"
 
@@ -238,7 +239,7 @@ ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
         if (likely(s)) {
             return laio_co_preadv(s, e->fd, iov, n, pos);
         }
-    } else if (!e->direct) {
+    } else if (!e->direct && !fault_armed(FAULT_PREADV)) {
         /* Served from the page cache without leaving this thread. */
         ssize_t want = iov_size(iov, n);
         ssize_t r = preadv2(e->fd, iov, n, pos, RWF_NOWAIT);
