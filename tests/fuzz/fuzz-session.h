@@ -64,9 +64,21 @@ static inline uint32_t ref_extent(uint16_t type, uint64_t off, uint64_t len,
 }
 
 static inline uint32_t ref_request_check(const NBDRequest *r,
-                                         const NBDSession *s)
+                                         const NBDSession *sess)
 {
+    /*
+     * On a read-only export, write-like commands are judged as if TRIM,
+     * WRITE_ZEROES and FAST_ZERO were advertised, then refused with EPERM.
+     */
+    NBDSession widened = *sess;
+    const NBDSession *s = sess;
     uint16_t ok = 0;
+
+    if (sess->read_only && ref_write_like(r->type)) {
+        widened.tflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+                          NBD_FLAG_SEND_FAST_ZERO;
+        s = &widened;
+    }
     uint64_t max = s->max_payload ? s->max_payload : NBD_DEFAULT_MAX_PAYLOAD;
     int sr = s->structured || s->extended;
 
@@ -127,12 +139,12 @@ static inline uint32_t ref_request_check(const NBDRequest *r,
     if (r->flags & ~ok) {
         return NBD_EINVAL;
     }
+    if (s->read_only && ref_write_like(r->type)) {
+        return NBD_EPERM;
+    }
     if (s->extended && r->type == NBD_CMD_WRITE &&
         !(r->flags & NBD_CMD_FLAG_PAYLOAD_LEN)) {
         return NBD_EINVAL;
-    }
-    if (s->read_only && ref_write_like(r->type)) {
-        return NBD_EPERM;
     }
     switch (r->type) {
     case NBD_CMD_FLUSH:
