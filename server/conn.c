@@ -33,7 +33,8 @@
 #include <unistd.h>
 
 #define CONN_MEM_BUDGET (128ull << 20)  /* request data per connection */
-#define BUF_CACHE_MAX (256 * 1024)      /* keep slot buffers up to this */
+#define BUF_CACHE_MAX (256 * 1024)      /* always keep slot buffers this big */
+#define CONN_BUF_CACHE (32ull << 20)    /* larger ones: up to this in total */
 #define HOLE_MIN_READ (128 * 1024)      /* look for holes in reads this big */
 #define ZERO_COPY_MIN (64 * 1024)       /* sendfile() cached reads this big */
 #define BS_MAX_EXTENTS 4096             /* block status extents per reply */
@@ -327,16 +328,21 @@ int coroutine_fn conn_write(Conn *c, const void *buf, size_t len)
 /* Make r->buf hold at least @size bytes.  Returns -ENOMEM on failure. */
 static int slot_buf(NBDReq *r, size_t size)
 {
+    Conn *c = r->conn;
+
     if (r->buf_size >= size) {
         return 0;
     }
+    size = (size + 4095) & ~(size_t)4095;
     free(r->buf);
+    c->buf_cached -= r->buf_size;
     r->buf = export_buf_alloc(size);
     if (!r->buf) {
         r->buf_size = 0;
         return -ENOMEM;
     }
     r->buf_size = size;
+    c->buf_cached += size;
     return 0;
 }
 
@@ -389,8 +395,13 @@ static void account_request(Conn *c, NBDReq *r, int64_t sent_ns)
 static void slot_put(Conn *c, NBDReq *r, int64_t sent_ns)
 {
     account_request(c, r, sent_ns);
-    if (r->buf_size > BUF_CACHE_MAX) {
+    /*
+     * Keep buffers for the next request (a fresh large allocation costs an
+     * mmap, page faults and zeroing), within a bound per connection.
+     */
+    if (r->buf_size > BUF_CACHE_MAX && c->buf_cached > CONN_BUF_CACHE) {
         free(r->buf);
+        c->buf_cached -= r->buf_size;
         r->buf = NULL;
         r->buf_size = 0;
     }

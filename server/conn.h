@@ -106,6 +106,7 @@ struct Conn {
     NBDReq *free_slots;
     unsigned inflight;              /* slots taken */
     uint64_t mem_inflight;
+    uint64_t buf_cached;            /* bytes of slot buffers allocated */
     NBDReq *sendq;                  /* replies to send, FIFO */
     NBDReq **sendq_tailp;
     size_t sendq_off;               /* bytes of sendq head already sent */

@@ -258,6 +258,12 @@ ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
  * stall every connection of this loop: a write that took long sends the
  * export's writes to the pool for a while.
  */
+/*
+ * Big writes go to the pool anyway: their copy is long enough that the
+ * hand-over is cheap, and the loop meanwhile receives the next payload,
+ * so one connection's writes use more than one core.
+ */
+#define INLINE_WRITE_MAX (128 * 1024)
 #define INLINE_WRITE_SLOW_NS (50 * 1000 * 1000)
 #define POOL_WRITES_FOR_NS (200 * 1000 * 1000)
 
@@ -289,7 +295,7 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
             return laio_co_pwritev(s, e->fd, iov, n, pos, rwf);
         }
     }
-    if (!e->direct && !rwf &&
+    if (!e->direct && !rwf && iov_size(iov, n) <= INLINE_WRITE_MAX &&
         clock_ns() >= atomic_read(&e->pool_writes_until)) {
         return write_inline(e, iov, n, pos);
     }
