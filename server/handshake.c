@@ -49,7 +49,7 @@ static void out_error(HsOut *o, uint32_t opt, uint32_t type,
 static void out_error(HsOut *o, uint32_t opt, uint32_t type,
                       const char *fmt, ...)
 {
-    char msg[NBD_SHOULD_MAX_STRING];
+    char msg[NBD_MAX_ERR_MSG + 1];
     va_list ap;
 
     va_start(ap, fmt);
