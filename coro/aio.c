@@ -355,7 +355,9 @@ bool aio_bh_poll(AioContext *ctx)
     atomic_store_seq(&ctx->bh_nonidle, 0);
     slice.head = LIFO_REVERSE(atomic_xchg(&ctx->bh_list, NULL), AioBH, next);
     slice.next = NULL;
+    /* The slice lives on this stack until the queue empties again. */
     *ctx->slice_tailp = &slice;
+    /* cppcheck-suppress autoVariables */
     ctx->slice_tailp = &slice.next;
 
     while ((s = ctx->slice_head)) {
@@ -469,7 +471,7 @@ void aio_timer_mod(AioTimer *t, int64_t deadline_ns)
     aio_timer_del(t);
     if (ctx->ntimers == ctx->timers_cap) {
         int cap = ctx->timers_cap ? ctx->timers_cap * 2 : 16;
-        AioTimer **a = realloc(ctx->timers, cap * sizeof(*a));
+        AioTimer **a = realloc(ctx->timers, cap * sizeof(AioTimer *));
 
         if (!a) {
             fprintf(stderr, "aio: out of memory arming a timer\n");

@@ -27,10 +27,10 @@ struct AioLoops {
 unsigned aio_online_cpus(void)
 {
     cpu_set_t set;
-    int n;
 
     if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-        n = CPU_COUNT(&set);
+        int n = CPU_COUNT(&set);
+
         if (n > 0) {
             return n;
         }

@@ -500,6 +500,8 @@ static int conn_flush_sendq(Conn *c)
         if (n > 0) {
             w = c->tr->sendv(c, iov, n, file_req != NULL);
         } else {
+            /* Nothing gathered: the queue starts with a file segment. */
+            g_assert(file_req);
             w = c->tr->sendfile(c, file_req->file_fd,
                                 file_req->file_pos[file_i] + skip,
                                 file_req->iov[file_i].iov_len - skip);
@@ -1128,14 +1130,15 @@ static void coroutine_fn conn_main_co(void *opaque)
 static void conn_start_bh(void *opaque)
 {
     Conn *c = opaque;
+    AioContext *ctx = c->ctx;
 
-    if (aio_cofd_init(&c->cofd, c->ctx, c->fd) < 0) {
+    if (aio_cofd_init(&c->cofd, ctx, c->fd) < 0) {
         log_error("%s: cannot watch the socket: %s", CONN_LOG(c),
                   g_strerror(errno));
         conn_leave_negotiation(c);
         conn_free(c);
         server_conn_closed();
-        aio_context_unref(c->ctx);
+        aio_context_unref(ctx);
         return;
     }
     c->main_co = co_create(conn_main_co, c);

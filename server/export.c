@@ -177,7 +177,7 @@ bool export_open(Export *e, const ExportConfig *ec, const ServerConfig *cfg,
                         g_strerror(errno));
             return false;
         }
-        e->min_block = e->size % e->dio_align ? 1 : e->dio_align;
+        e->min_block = (e->size % e->dio_align) ? 1 : e->dio_align;
     }
     e->pref_block = MAX(PREFERRED_BLOCK, e->min_block);
     e->max_payload = NBD_DEFAULT_MAX_PAYLOAD;
@@ -444,6 +444,7 @@ struct export_cachestat_range {
     uint64_t len;
 };
 
+/* The kernel's layout: every member is needed for its size. */
 struct export_cachestat {
     uint64_t nr_cache;
     uint64_t nr_dirty;

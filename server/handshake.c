@@ -359,7 +359,6 @@ int coroutine_fn handshake_co(Conn *c)
     for (;;) {
         uint8_t hdr[NBD_OPT_HEADER_SIZE];
         uint32_t opt, len;
-        uint8_t *data;
 
         ret = conn_read(c, hdr, sizeof(hdr));
         if (ret < 0) {
@@ -386,7 +385,7 @@ int coroutine_fn handshake_co(Conn *c)
             }
             out_error(&out, opt, NBD_REP_ERR_TOO_BIG, "option too long");
         } else {
-            data = g_malloc(len ? len : 1);
+            uint8_t *data = g_malloc(len ? len : 1);
             ret = conn_read(c, data, len);
             if (ret == 0) {
                 ret = handle_option(c, &out, opt, data, len);

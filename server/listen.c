@@ -90,7 +90,7 @@ static void accept_cb(void *opaque)
     Listener *l = opaque;
 
     while (!paused) {
-        struct sockaddr_storage ss;
+        struct sockaddr_storage ss = { 0 };
         socklen_t len = sizeof(ss);
         unsigned long n;
         char *peer;
@@ -156,7 +156,7 @@ static bool listen_unix(const char *path, GError **errp)
                     "unix socket path too long: %s", path);
         return false;
     }
-    strcpy(sun.sun_path, path);
+    memcpy(sun.sun_path, path, strlen(path) + 1);     /* length checked */
     /* A stale socket from an earlier run is replaced; other files not. */
     if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
         unlink(path);
@@ -336,7 +336,7 @@ void listen_stop(void)
 /* The address of the first listener, for the URI under socket activation. */
 static char *activated_address(bool *is_unix)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = { 0 };
     socklen_t len = sizeof(ss);
     Listener *l;
 
@@ -364,7 +364,7 @@ static char *bound_port(void)
 
     for (i = 0; listeners && i < listeners->len; i++) {
         Listener *l = &g_array_index(listeners, Listener, i);
-        struct sockaddr_storage ss;
+        struct sockaddr_storage ss = { 0 };
         socklen_t len = sizeof(ss);
 
         if (getsockname(l->fd, (struct sockaddr *)&ss, &len) < 0) {

@@ -9,7 +9,10 @@
 
 int log_verbosity;
 
-G_DEFINE_QUARK(rawnbd-error-quark, rawnbd_error)
+GQuark rawnbd_error_quark(void)
+{
+    return g_quark_from_static_string("rawnbd-error-quark");
+}
 static LogTarget target = LOG_TARGET_STDERR;
 
 void log_init(LogTarget t)

@@ -381,7 +381,7 @@ static int metrics_socket(const char *addr, GError **errp)
                         "metrics socket path too long: %s", addr);
             return -1;
         }
-        strcpy(sun.sun_path, addr);
+        memcpy(sun.sun_path, addr, strlen(addr) + 1);  /* length checked */
         if (lstat(addr, &st) == 0 && S_ISSOCK(st.st_mode)) {
             unlink(addr);
         }
