@@ -32,6 +32,7 @@ typedef struct LaioReq {
     const struct iovec *iov;
     int iovcnt;
     bool is_read;
+    int rw_flags;
     size_t nbytes;
     ssize_t ret;
     struct LaioReq *next;
@@ -111,7 +112,10 @@ static void laio_complete(LinuxAioState *s, LaioReq *r, long res)
         res = fault == FAULT_SHORT ? (long)r->nbytes / 2 : fault;
     }
     if (res >= 0 && (size_t)res != r->nbytes) {
-        if (r->is_read) {
+        if (r->rw_flags & RWF_NOWAIT) {
+            /* Stopped at a page not in the cache: not the end of file. */
+            res = -EAGAIN;
+        } else if (r->is_read) {
             /* Short read: end of file.  The rest reads as zeros. */
             iov_memset_from(r->iov, r->iovcnt, res);
             res = r->nbytes;
@@ -227,6 +231,14 @@ static void laio_submit_bh(void *opaque)
 
     if (!s->plugged) {
         laio_submit(s);
+        /*
+         * Requests the kernel finished inside io_submit (page-cache hits
+         * with RWF_NOWAIT) are in the ring already: take them now rather
+         * than after another trip through epoll.
+         */
+        if (s->inflight) {
+            laio_reap(s);
+        }
     }
 }
 
@@ -257,6 +269,7 @@ static ssize_t coroutine_fn laio_co_rw(LinuxAioState *s, int fd,
         .iov = iov,
         .iovcnt = iovcnt,
         .is_read = is_read,
+        .rw_flags = rw_flags,
         .nbytes = iov_size(iov, iovcnt),
     };
 
@@ -282,9 +295,9 @@ static ssize_t coroutine_fn laio_co_rw(LinuxAioState *s, int fd,
 
 ssize_t coroutine_fn laio_co_preadv(LinuxAioState *s, int fd,
                                     const struct iovec *iov, int iovcnt,
-                                    off_t offset)
+                                    off_t offset, int rw_flags)
 {
-    return laio_co_rw(s, fd, iov, iovcnt, offset, true, 0);
+    return laio_co_rw(s, fd, iov, iovcnt, offset, true, rw_flags);
 }
 
 ssize_t coroutine_fn laio_co_pwritev(LinuxAioState *s, int fd,

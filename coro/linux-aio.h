@@ -10,7 +10,8 @@
  * eventfd and reaped from the completion ring in user space.
  *
  * Files are expected to be opened with O_DIRECT (otherwise the kernel may
- * block in io_submit).
+ * block in io_submit), or read with RWF_NOWAIT: then page-cache hits are
+ * copied inside io_submit, many reads in one system call.
  */
 #ifndef CO_LINUX_AIO_H
 #define CO_LINUX_AIO_H
@@ -34,12 +35,14 @@ void laio_cleanup(LinuxAioState *s);
  * Read or write the whole of @iov at @offset.  Returns the byte count
  * (always the full length) or -errno.  A short read (end of file) is
  * completed with zeros; a short write is -ENOSPC.  Coroutine in the home
- * thread of @s.  @rw_flags are RWF_* flags (RWF_DSYNC for a write that
- * must be durable when it completes).
+ * thread of @s.  @rw_flags are RWF_* flags: RWF_DSYNC for a write that
+ * must be durable when it completes; RWF_NOWAIT for a read of a buffered
+ * file that must not wait for the disk (it then fails with -EAGAIN, also
+ * when only part of it was cached: retry it elsewhere).
  */
 ssize_t coroutine_fn laio_co_preadv(LinuxAioState *s, int fd,
                                     const struct iovec *iov, int iovcnt,
-                                    off_t offset);
+                                    off_t offset, int rw_flags);
 ssize_t coroutine_fn laio_co_pwritev(LinuxAioState *s, int fd,
                                      const struct iovec *iov, int iovcnt,
                                      off_t offset, int rw_flags);

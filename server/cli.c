@@ -257,7 +257,9 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
         { "nocache", 'n', 0, G_OPTION_ARG_NONE, &nocache,
           "Same as --cache=none", NULL },
         { "aio", 0, 0, G_OPTION_ARG_STRING, &aio,
-          "native (Linux AIO, needs --cache=none) or threads", "MODE" },
+          "native (Linux AIO; needs --cache=none) or threads (thread pool; "
+          "with the page cache, no Linux AIO for cached reads either)",
+          "MODE" },
         { "discard", 0, 0, G_OPTION_ARG_STRING, &discard,
           "unmap (TRIM punches holes; default) or ignore", "MODE" },
         { "threads", 0, 0, G_OPTION_ARG_STRING, &threads,

@@ -5,8 +5,10 @@
  * I/O paths, chosen at open time:
  *   cache=none,  aio=native    O_DIRECT + Linux AIO (batched io_submit)
  *   cache=none,  aio=threads   O_DIRECT + thread pool
- *   cache=writeback            reads: preadv2(RWF_NOWAIT) inline when the
- *                              data is in the page cache, else the pool;
+ *   cache=writeback            reads: Linux AIO with RWF_NOWAIT (one
+ *                              io_submit per loop iteration; with
+ *                              aio=threads, preadv2 with RWF_NOWAIT) when
+ *                              the data is in the page cache, else the pool;
  *                              writes: inline, unless they have been
  *                              slow lately (then, and with FUA, the pool)
  * Flush, trim, zero: fdatasync/fallocate in the pool.
@@ -184,6 +186,8 @@ bool export_open(Export *e, const ExportConfig *ec, const ServerConfig *cfg,
     e->hole_granularity = st.st_blksize > 0 && !e->block_device
                           ? (uint32_t)st.st_blksize : 4096;
     e->native_aio = e->direct && cfg->aio != AIO_MODE_THREADS;
+    /* Buffered: cached reads batched through Linux AIO unless told not. */
+    e->buffered_aio = !e->direct && cfg->aio != AIO_MODE_THREADS;
 
     e->tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
                 NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF |
@@ -237,15 +241,27 @@ ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
         LinuxAioState *s = laio_get(aio_current());
 
         if (likely(s)) {
-            return laio_co_preadv(s, e->fd, iov, n, pos);
+            return laio_co_preadv(s, e->fd, iov, n, pos, 0);
         }
     } else if (!e->direct && !fault_armed(FAULT_PREADV)) {
-        /* Served from the page cache without leaving this thread. */
-        ssize_t want = iov_size(iov, n);
-        ssize_t r = preadv2(e->fd, iov, n, pos, RWF_NOWAIT);
+        /*
+         * Served from the page cache without leaving this thread: through
+         * Linux AIO with RWF_NOWAIT, so that the reads of one loop
+         * iteration share one io_submit; else one preadv2 each.
+         */
+        LinuxAioState *s = e->buffered_aio ? laio_get(aio_current()) : NULL;
+        ssize_t r;
 
-        if (r == want) {
-            return r;
+        if (likely(s)) {
+            r = laio_co_preadv(s, e->fd, iov, n, pos, RWF_NOWAIT);
+            if (r != -EAGAIN && r != -EOPNOTSUPP) {
+                return r;
+            }
+        } else {
+            r = preadv2(e->fd, iov, n, pos, RWF_NOWAIT);
+            if (r == (ssize_t)iov_size(iov, n)) {
+                return r;
+            }
         }
     }
     return pool_co_preadv(e->fd, iov, n, pos);

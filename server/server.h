@@ -138,6 +138,7 @@ struct Export {
     bool tls_only;
     bool direct;                /* O_DIRECT */
     bool native_aio;            /* Linux AIO (else the thread pool) */
+    bool buffered_aio;          /* cached reads batched through Linux AIO */
     bool discard;               /* TRIM punches holes */
     bool sync_writes;           /* every write durable before its reply */
     bool block_device;

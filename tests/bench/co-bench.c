@@ -176,7 +176,7 @@ static void reader(void *opaque)
     while (clock_ns() < b->deadline) {
         off_t blk = g_rand_int_range(b->rand, 0, (gint32)b->blocks);
 
-        if (laio_co_preadv(b->laio, b->fd, &iov, 1, blk * 4096) != 4096) {
+        if (laio_co_preadv(b->laio, b->fd, &iov, 1, blk * 4096, 0) != 4096) {
             b->errors++;
         }
         b->ops++;

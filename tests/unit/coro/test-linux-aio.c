@@ -90,7 +90,7 @@ static void job_co(void *opaque)
     struct iovec iov = { j->buf, j->len };
     int jfd = j->bad_fd ? 999 : fd;
 
-    j->ret = j->is_read ? laio_co_preadv(laio, jfd, &iov, 1, j->offset)
+    j->ret = j->is_read ? laio_co_preadv(laio, jfd, &iov, 1, j->offset, 0)
                         : laio_co_pwritev(laio, jfd, &iov, 1, j->offset, 0);
     (*j->done)++;
 }
@@ -340,6 +340,81 @@ static void test_eagain_retried(void)
     teardown();
 }
 
+/*
+ * RWF_NOWAIT reads of a buffered file: cached data comes back inside
+ * io_submit; a range only partly cached fails with -EAGAIN instead of
+ * being taken for the end of the file and padded with zeros.
+ */
+typedef struct NowaitJob {
+    int fd;
+    off_t offset;
+    char *buf;
+    ssize_t ret;
+    bool done;
+} NowaitJob;
+
+static void nowait_co(void *opaque)
+{
+    NowaitJob *j = opaque;
+    struct iovec iov = { j->buf, 4 * BLK };
+
+    j->ret = laio_co_preadv(laio, j->fd, &iov, 1, j->offset, RWF_NOWAIT);
+    j->done = true;
+}
+
+static void test_nowait_buffered(void)
+{
+    char *tpath = g_build_filename(g_get_tmp_dir(), "rawnbd-nowait-XXXXXX",
+                                   NULL);
+    NowaitJob j = { 0 };
+    char *data = alloc_buf(8 * BLK, 'n');
+
+    if (!setup()) {
+        g_free(tpath);
+        free(data);
+        return;
+    }
+    j.fd = g_mkstemp(tpath);
+    g_assert_cmpint(j.fd, >=, 0);
+    unlink(tpath);
+    /* Block by block, so that the page cache holds small folios. */
+    for (int i = 0; i < 8; i++) {
+        g_assert_cmpint(pwrite(j.fd, data, BLK, i * BLK), ==, BLK);
+    }
+    g_assert_cmpint(fdatasync(j.fd), ==, 0);
+    j.buf = alloc_buf(4 * BLK, 0);
+
+    /* All cached: the data. */
+    aio_co_enter(ctx, co_create(nowait_co, &j));
+    while (!j.done) {
+        aio_poll(ctx, true);
+    }
+    g_assert_cmpint(j.ret, ==, 4 * BLK);
+    g_assert_cmpint(j.buf[4 * BLK - 1], ==, 'n');
+
+    /* The second half evicted: -EAGAIN, not zeros.  (Skip if the kernel
+     * keeps the pages anyway.) */
+    posix_fadvise(j.fd, 6 * BLK, 2 * BLK, POSIX_FADV_DONTNEED);
+    memset(j.buf, 0, 4 * BLK);
+    j.done = false;
+    j.offset = 4 * BLK;
+    aio_co_enter(ctx, co_create(nowait_co, &j));
+    while (!j.done) {
+        aio_poll(ctx, true);
+    }
+    if (j.ret == 4 * BLK) {
+        g_assert_cmpint(j.buf[4 * BLK - 1], ==, 'n');
+        g_test_skip("the evicted pages stayed cached");
+    } else {
+        g_assert_cmpint(j.ret, ==, -EAGAIN);
+    }
+    close(j.fd);
+    free(j.buf);
+    free(data);
+    g_free(tpath);
+    teardown();
+}
+
 /* ---- thread pool ----------------------------------------------------- */
 
 typedef struct PoolJob {
@@ -419,6 +494,7 @@ int main(int argc, char **argv)
     g_test_add_func("/linux-aio/short-write", test_short_write);
     g_test_add_func("/linux-aio/submit-error", test_submit_error);
     g_test_add_func("/linux-aio/eagain-retried", test_eagain_retried);
+    g_test_add_func("/linux-aio/nowait-buffered", test_nowait_buffered);
     g_test_add_func("/thread-pool/file-ops", test_thread_pool);
     ret = g_test_run();
     co_pool_shutdown();
