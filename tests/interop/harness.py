@@ -356,6 +356,105 @@ def check_eq(actual, expected, what):
                                                            actual)
 
 
+# ---- TLS credentials ----------------------------------------------------
+
+_PKI_TEMPLATES = {
+    "ca": "cn = rawnbd test CA\nca\ncert_signing_key\nexpiration_days = 2\n",
+    "server": ("organization = rawnbd tests\ncn = localhost\n"
+               "dns_name = localhost\nip_address = 127.0.0.1\n"
+               "tls_www_server\nencryption_key\nsigning_key\n"
+               "expiration_days = 2\n"),
+    "client": ("cn = alice\ntls_www_client\nencryption_key\nsigning_key\n"
+               "expiration_days = 2\n"),
+}
+
+
+def _certtool(workdir, *args):
+    subprocess.run(["certtool"] + list(args), cwd=workdir, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=60)
+
+
+def _make_ca(workdir, name):
+    """CA key and certificate NAME-key.pem, NAME-cert.pem in @workdir."""
+    with open(os.path.join(workdir, "ca.info"), "w") as f:
+        f.write(_PKI_TEMPLATES["ca"])
+    _certtool(workdir, "--generate-privkey", "--key-type=ecdsa", "--no-text",
+              "--outfile", name + "-key.pem")
+    _certtool(workdir, "--generate-self-signed", "--no-text",
+              "--load-privkey", name + "-key.pem", "--template", "ca.info",
+              "--outfile", name + "-cert.pem")
+
+
+def _make_cert(workdir, ca, kind, outdir):
+    """A KIND (server or client) key and certificate signed by CA, as
+    outdir/KIND-key.pem and outdir/KIND-cert.pem."""
+    info = os.path.join(workdir, kind + ".info")
+    with open(info, "w") as f:
+        f.write(_PKI_TEMPLATES[kind])
+    key = os.path.join(outdir, kind + "-key.pem")
+    _certtool(workdir, "--generate-privkey", "--key-type=ecdsa", "--no-text",
+              "--outfile", key)
+    _certtool(workdir, "--generate-certificate", "--no-text",
+              "--load-privkey", key, "--load-ca-certificate", ca + "-cert.pem",
+              "--load-ca-privkey", ca + "-key.pem", "--template", info,
+              "--outfile", os.path.join(outdir, kind + "-cert.pem"))
+
+
+def _psk_file(path, user, key_hex=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if key_hex is None:
+        subprocess.run(["psktool", "-u", user, "-p", path], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=60)
+    else:
+        with open(path, "w") as f:
+            f.write("%s:%s\n" % (user, key_hex))
+
+
+def make_pki(path):
+    """TLS credentials made with certtool and psktool under @path (made
+    if missing), in the directory layouts rawnbd, libnbd and QEMU read:
+
+      server/     ca-cert.pem, server-cert.pem, server-key.pem
+                  (--tls-certificates; the CA also verifies clients)
+      client/     ca-cert.pem, client-cert.pem, client-key.pem
+      ca-only/    ca-cert.pem: trusts the server, has no certificate
+      rogue/      ca-cert.pem with a client certificate from another CA
+      psk/keys.psk        identity alice (--tls-psk; QEMU's dir=)
+      wrong-psk/keys.psk  identity alice with another key
+
+    The server certificate names localhost and 127.0.0.1.  Raises Skip
+    when certtool or psktool is missing."""
+    for tool in ("certtool", "psktool"):
+        if not shutil.which(tool):
+            raise Skip("%s is not installed" % tool)
+    work = os.path.join(path, "ca")
+    for d in ("ca", "server", "client", "ca-only", "rogue"):
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    _make_ca(work, "ca")
+    _make_ca(work, "rogue-ca")
+    _make_cert(work, "ca", "server", os.path.join(path, "server"))
+    _make_cert(work, "ca", "client", os.path.join(path, "client"))
+    _make_cert(work, "rogue-ca", "client", os.path.join(path, "rogue"))
+    for d in ("server", "client", "ca-only", "rogue"):
+        shutil.copy(os.path.join(work, "ca-cert.pem"),
+                    os.path.join(path, d, "ca-cert.pem"))
+    _psk_file(os.path.join(path, "psk", "keys.psk"), "alice")
+    _psk_file(os.path.join(path, "wrong-psk", "keys.psk"), "alice",
+              random.Random().randbytes(32).hex())
+    return path
+
+
+# ---- processes, seen from outside -----------------------------------------
+
+def cpu_seconds(pid):
+    """User plus system CPU time @pid has used so far (all its threads)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---- maps for the shell tests -------------------------------------------
 
 def _merged(entries):
@@ -371,8 +470,16 @@ def _merged(entries):
 
 def _print_map_command(argv):
     """harness.py file-map PATH | json-map qemu|nbdinfo < JSON: print
-    "offset length data|hole" lines, neighbours merged."""
+    "offset length data|hole" lines, neighbours merged.  harness.py pki
+    DIR: make_pki(DIR), status 77 if the tools are missing."""
     import json
+    if argv[:1] == ["pki"] and len(argv) == 2:
+        try:
+            make_pki(argv[1])
+        except Skip as e:
+            print(e, file=sys.stderr)
+            sys.exit(77)
+        return
     if argv[0] == "file-map":
         entries = [(o, n, "hole" if h else "data")
                    for o, n, h in file_map(argv[1])]
@@ -385,7 +492,8 @@ def _print_map_command(argv):
                     kinds.get(e["type"], "type%d" % e["type"]))
                    for e in json.load(sys.stdin)]
     else:
-        sys.exit("usage: harness.py file-map PATH | json-map qemu|nbdinfo")
+        sys.exit("usage: harness.py file-map PATH | json-map "
+                 "qemu|nbdinfo | pki DIR")
     for o in _merged(entries):
         print(*o)
 

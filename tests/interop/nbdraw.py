@@ -6,7 +6,7 @@ use this module.  It sends exactly what it is told, and checks every reply
 it reads against the spec: a malformed reply raises ProtocolError, so each
 read or block status in a test is also a conformance check.
 
-Standard library only (struct, socket).
+Standard library only (struct, socket; ssl for STARTTLS).
 """
 
 import select
@@ -434,6 +434,19 @@ class Client:
             self.contexts = {n.decode(): cid for cid, n in found}
         return replies[-1].type, found
 
+    def starttls(self, context, server_hostname="localhost"):
+        """NBD_OPT_STARTTLS, then the TLS handshake with @context (an
+        ssl.SSLContext) over the same socket.  Returns the reply type; on
+        ACK everything negotiated before is forgotten, as on the server."""
+        t = self.option_final(OPT_STARTTLS)
+        if t == REP_ACK:
+            self.sock = context.wrap_socket(self.sock,
+                                            server_hostname=server_hostname)
+            self.structured = False
+            self.extended = False
+            self.contexts = {}
+        return t
+
     def export_name(self, name=b"", no_zeroes=True):
         """EXPORT_NAME; returns (size, tflags) and enters transmission."""
         self.send_option(OPT_EXPORT_NAME, name)
@@ -446,9 +459,11 @@ class Client:
         return size, tflags
 
     def connect_export(self, name=b"", structured=True, extended=False,
-                       meta=(b"base:allocation",)):
-        """The usual negotiation: flags, SR/EH, meta contexts, GO."""
-        self.handshake()
+                       meta=(b"base:allocation",), greet=True):
+        """The usual negotiation: flags, SR/EH, meta contexts, GO (from
+        SR on with greet=False, as after STARTTLS)."""
+        if greet:
+            self.handshake()
         if structured:
             t = self.negotiate_structured()
             if t != REP_ACK:
