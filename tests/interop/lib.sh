@@ -7,9 +7,16 @@
 #                                      SRV_PORT
 #   srv_spawn ARGS...                  the same with exactly these arguments;
 #                                      false (SRV_RC) if it exited first
+#   srv_launch CMD... / srv_wait_uri   srv_spawn in two steps, CMD being
+#                                      rawnbd or a wrapper that execs it
 #   srv_stop [SIGNAL]                  signal the last server, wait, check
 #                                      exit 0 and a clean log
 #   srv_wait_exit                      the last server exits by itself, 0
+#   expect_usage_error ARGS...         rawnbd ARGS: status 2, one line
+#   expect_start_error WHAT ARGS...    rawnbd ARGS: status 1, one line
+#                                      naming WHAT
+#   fio_verify_uri URI                 fio writes and verifies through URI
+#   make_pki DIR                       TLS credentials (harness.make_pki)
 #
 # Every server runs on a private unix socket in $T or a free port on
 # 127.0.0.1; only the PIDs started here are ever signalled.  A case runs
@@ -138,18 +145,32 @@ srv_start() {
 # srv_spawn ARGS...: start "rawnbd --print-uri ARGS" as given.  True once
 # it listens (SRV_URI set); false if it exited first (status in SRV_RC).
 srv_spawn() {
-    local out n
+    srv_launch "$RAWNBD" --print-uri "$@"
+    srv_wait_uri
+}
+
+# srv_launch COMMAND...: run COMMAND in the background as the server (a
+# wrapper that execs rawnbd, or rawnbd itself): SRV_PID, its stderr in
+# SRV_LOG, its stdout in SRV_OUT.
+srv_launch() {
     SRV_COUNT=$((SRV_COUNT + 1))
     SRV_LOG=$T/srv$SRV_COUNT.log
-    out=$T/srv$SRV_COUNT.out
-    "$RAWNBD" --print-uri "$@" >"$out" 2>"$SRV_LOG" </dev/null &
+    SRV_OUT=$T/srv$SRV_COUNT.out
+    "$@" >"$SRV_OUT" 2>"$SRV_LOG" </dev/null &
     SRV_PID=$!
     STARTED_PIDS+=("$SRV_PID")
     SRV_URI=
     SRV_RC=
+}
+
+# srv_wait_uri: wait up to 30 s for the first line of SRV_OUT (the URI of
+# --print-uri) into SRV_URI.  False, with the status in SRV_RC, if the
+# server exited or printed nothing (then it is killed).
+srv_wait_uri() {
+    local n
     for n in $(seq 600); do
-        if [ "$(wc -l <"$out")" -ge 1 ]; then
-            SRV_URI=$(head -n 1 "$out")
+        if [ "$(wc -l <"$SRV_OUT")" -ge 1 ]; then
+            SRV_URI=$(head -n 1 "$SRV_OUT")
             return 0
         fi
         if ! kill -0 "$SRV_PID" 2>/dev/null; then
@@ -240,4 +261,61 @@ map_of_file() {
 
 map_of_json() {
     python3 "$INTEROP_DIR/harness.py" json-map "$1"
+}
+
+# run_rawnbd ARGS...: run with a 10 s limit; sets RC, OUT, ERR.
+run_rawnbd() {
+    RC=0
+    timeout 10 "$RAWNBD" "$@" >"$T/out" 2>"$T/err" </dev/null || RC=$?
+    OUT=$(cat "$T/out")
+    ERR=$(cat "$T/err")
+}
+
+# expect_usage_error ARGS...: status 2, stdout empty, exactly one line on
+# stderr starting "rawnbd: ".
+expect_usage_error() {
+    run_rawnbd "$@"
+    echo "rawnbd $*: status $RC, stderr: $ERR"
+    [ "$RC" = 2 ] || fail "rawnbd $*: status $RC, expected 2"
+    [ -z "$OUT" ] || fail "rawnbd $*: wrote to stdout: $OUT"
+    [ "$(wc -l <"$T/err")" = 1 ] ||
+        fail "rawnbd $*: $(wc -l <"$T/err") lines on stderr, expected 1"
+    [[ $ERR == rawnbd:\ * ]] || fail "rawnbd $*: message not prefixed 'rawnbd: '"
+}
+
+# expect_start_error WHAT ARGS...: status 1, one line on stderr naming WHAT.
+expect_start_error() {
+    local what=$1
+    shift
+    run_rawnbd "$@"
+    echo "rawnbd $*: status $RC, stderr: $ERR"
+    [ "$RC" = 1 ] || fail "rawnbd $*: status $RC, expected 1"
+    [ "$(wc -l <"$T/err")" = 1 ] ||
+        fail "rawnbd $*: $(wc -l <"$T/err") lines on stderr, expected 1"
+    [[ $ERR == *"$what"* ]] || fail "rawnbd $*: message does not name $what"
+}
+
+# fio_verify_uri URI: fio's nbd engine, four jobs (one connection each),
+# writes random blocks with crc32c verification headers into its own
+# 16 MiB of the first 64 MiB, then reads them back and verifies.
+fio_verify_uri() {
+    local out rc=0
+    out=$(cd "$T" && fio --name=verify --verify_state_save=0 --ioengine=nbd --uri="$1" \
+        --rw=randwrite --bsrange=4k-64k --size=16M --numjobs=4 \
+        --offset_increment=16M --iodepth=32 --verify=crc32c \
+        --verify_fatal=1 --do_verify=1 --group_reporting 2>&1) || rc=$?
+    echo "$out"
+    [ "$rc" = 0 ] || fail "fio exited with status $rc"
+    if grep -qE 'verify: bad|err= *[1-9]|crc32c: verify failed' <<<"$out"; then
+        fail "fio reported an error"
+    fi
+}
+
+# make_pki DIR: TLS credentials in DIR (layout: harness.py make_pki);
+# skips the running case if certtool or psktool is missing.
+make_pki() {
+    local rc=0
+    python3 "$INTEROP_DIR/harness.py" pki "$1" || rc=$?
+    [ "$rc" = 77 ] && skip "certtool or psktool is not installed"
+    [ "$rc" = 0 ] || fail "making TLS credentials in $1 failed"
 }

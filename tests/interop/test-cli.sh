@@ -5,38 +5,6 @@
 . "$(dirname "$0")/lib.sh"
 need nbdinfo python3
 
-# run_rawnbd ARGS...: run with a 10 s limit; sets RC, OUT, ERR.
-run_rawnbd() {
-    RC=0
-    timeout 10 "$RAWNBD" "$@" >"$T/out" 2>"$T/err" </dev/null || RC=$?
-    OUT=$(cat "$T/out")
-    ERR=$(cat "$T/err")
-}
-
-# expect_usage_error ARGS...: status 2, stdout empty, exactly one line on
-# stderr starting "rawnbd: ".
-expect_usage_error() {
-    run_rawnbd "$@"
-    echo "rawnbd $*: status $RC, stderr: $ERR"
-    [ "$RC" = 2 ] || fail "rawnbd $*: status $RC, expected 2"
-    [ -z "$OUT" ] || fail "rawnbd $*: wrote to stdout: $OUT"
-    [ "$(wc -l <"$T/err")" = 1 ] ||
-        fail "rawnbd $*: $(wc -l <"$T/err") lines on stderr, expected 1"
-    [[ $ERR == rawnbd:\ * ]] || fail "rawnbd $*: message not prefixed 'rawnbd: '"
-}
-
-# expect_start_error WHAT ARGS...: status 1, one line on stderr naming WHAT.
-expect_start_error() {
-    local what=$1
-    shift
-    run_rawnbd "$@"
-    echo "rawnbd $*: status $RC, stderr: $ERR"
-    [ "$RC" = 1 ] || fail "rawnbd $*: status $RC, expected 1"
-    [ "$(wc -l <"$T/err")" = 1 ] ||
-        fail "rawnbd $*: $(wc -l <"$T/err") lines on stderr, expected 1"
-    [[ $ERR == *"$what"* ]] || fail "rawnbd $*: message does not name $what"
-}
-
 usage_errors() {
     local img=$T/u.img sock=$T/u.sock
     truncate -s 1M "$img"
