@@ -25,6 +25,11 @@ import traceback
 
 import nbdraw
 
+try:
+    import nbd as libnbd        # libnbd's Python bindings, if installed
+except ImportError:
+    libnbd = None
+
 RAWNBD = os.environ.get("RAWNBD")
 
 _tests = []
@@ -145,7 +150,9 @@ class Server:
         return "rawnbd %s" % " ".join(self.argv[1:])
 
     def _spawn(self, extra, env):
-        self.argv = [RAWNBD, "--print-uri"] + extra + [self.image]
+        self.argv = [RAWNBD, "--print-uri"] + extra
+        if self.image is not None:      # None: exports from --export only
+            self.argv.append(self.image)
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -275,6 +282,26 @@ class Server:
         self.stop()
         self.check_clean_exit()
         return False
+
+
+# ---- libnbd ---------------------------------------------------------------
+
+def need_libnbd():
+    """libnbd's Python module; skips the running test without it."""
+    if libnbd is None:
+        raise Skip("libnbd's Python bindings (module nbd) are not installed")
+    return libnbd
+
+
+def expect_nbd_error(call, errname, what):
+    """call() raises nbd.Error with the errno named @errname ("EPERM":
+    the bindings give errno as a name)."""
+    try:
+        call()
+    except libnbd.Error as e:
+        check_eq(e.errno, errname, "%s (%s)" % (what, e.string))
+    else:
+        raise AssertionError("%s succeeded" % what)
 
 
 # ---- images -----------------------------------------------------------------

@@ -16,14 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Server, Skip, Workdir, check_eq, diag,  # noqa: E402
-                     free_port, make_image, pattern, run, test)
+from harness import (Server, Workdir, check_eq, diag,  # noqa: E402
+                     expect_nbd_error, free_port, make_image,
+                     need_libnbd, pattern, run, test)
 from nbdraw import *  # noqa: E402,F401,F403
-
-try:
-    import nbd
-except ImportError:
-    nbd = None
 
 MiB = 1 << 20
 COMMANDS = ("read", "write", "disc", "flush", "trim", "cache",
@@ -161,27 +157,12 @@ def wait_idle(addr, timeout=10):
         time.sleep(0.05)
 
 
-def need_nbd():
-    if nbd is None:
-        raise Skip("libnbd's Python bindings (module nbd) are not installed")
-
-
 def nbd_handle(s, name=""):
-    need_nbd()
-    h = nbd.NBD()
+    h = need_libnbd().NBD()
     h.set_strict_mode(0)        # let the failing requests through
     h.set_export_name(name)
     h.connect_unix(s.sock_path)
     return h
-
-
-def expect_nbd_error(call, errname, what):
-    try:
-        call()
-    except nbd.Error as e:
-        check_eq(e.errno, errname, what)  # a name: "ENOSPC"
-    else:
-        raise AssertionError("%s succeeded" % what)
 
 
 # ---- tests --------------------------------------------------------------------
@@ -251,7 +232,7 @@ def exact_counters():
     """10 writes and 5 reads of 4 KiB, a write past the end (ENOSPC) and
     one to a read-only export (EPERM), through libnbd: every counter, in
     total and per export."""
-    need_nbd()
+    need_libnbd()
     with Workdir() as w:
         img, ro = w.file("a.img"), w.file("ro.img")
         make_image(img, MiB, [(0, pattern(1, MiB))])
@@ -342,7 +323,7 @@ def check_histogram(m, export, count):
 def exact_counters_concurrent():
     """Four connections on four loop threads at once: the threads'
     counters add up exactly."""
-    need_nbd()
+    need_libnbd()
     with Workdir() as w:
         img = w.file("a.img")
         make_image(img, 16 * MiB)

@@ -18,14 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Server, Skip, Workdir, check_eq, cpu_seconds,  # noqa: E402
-                     diag, make_image, make_pki, pattern, run, test)
+from harness import (Server, Workdir, check_eq, cpu_seconds,  # noqa: E402
+                     diag, libnbd as nbd, make_image, make_pki,
+                     need_libnbd, pattern, run, test)
 from nbdraw import *  # noqa: E402,F401,F403
-
-try:
-    import nbd
-except ImportError:
-    nbd = None
 
 MiB = 1 << 20
 _pki_dir = None
@@ -60,9 +56,7 @@ def image(w, name="disk.img", seed=1, size=4 * MiB):
 def handle(certs=None, psk=None, tls=None):
     """A libnbd handle with the client credentials in pki(@certs) or the
     key file pki(@psk, keys.psk) for identity alice."""
-    if nbd is None:
-        raise Skip("libnbd's Python bindings (module nbd) are not installed")
-    h = nbd.NBD()
+    h = need_libnbd().NBD()
     if tls is None:
         tls = nbd.TLS_REQUIRE if certs or psk else nbd.TLS_DISABLE
     h.set_tls(tls)
