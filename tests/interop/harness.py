@@ -12,6 +12,7 @@ sanitizer reports, else the test fails.
 
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -121,11 +122,13 @@ class Server:
     Server(image, "-t", ...) listens on a unix socket in its own temporary
     directory; Server(image, tcp=True) on a free 127.0.0.1 port (or
     bind="::1").  --print-uri is always passed: reading the URI line is
-    how we know it listens.
+    how we know it listens.  image=None passes no FILE (--export only);
+    exe= runs another rawnbd binary; wrapper= is a command line that
+    execs the rawnbd command line appended to it.
     """
 
     def __init__(self, image, *args, tcp=False, bind="127.0.0.1",
-                 unix=True, wait=True, env=None):
+                 unix=True, wait=True, env=None, wrapper=(), exe=None):
         self.dir = tempfile.mkdtemp(prefix="rawnbd-srv-")
         self.image = image
         self.args = list(args)
@@ -137,6 +140,8 @@ class Server:
         self.sock_path = None
         self.port = None
         self.returncode = None
+        self.wrapper = list(wrapper)    # argv before rawnbd's; must exec it
+        self.exe = exe or RAWNBD
         _servers_this_test.append(self)
         if tcp:
             self._start_tcp(env)
@@ -150,14 +155,15 @@ class Server:
         return "rawnbd %s" % " ".join(self.argv[1:])
 
     def _spawn(self, extra, env):
-        self.argv = [RAWNBD, "--print-uri"] + extra
+        self.argv = [self.exe, "--print-uri"] + extra
         if self.image is not None:      # None: exports from --export only
             self.argv.append(self.image)
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.wrapper + self.argv,
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
                                      stderr=self.log, env=full_env)
 
@@ -257,6 +263,21 @@ class Server:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+    def wait_log(self, pattern, timeout=10.0, count=1):
+        """Wait until @count lines of the log match the regular expression
+        @pattern; returns the matching lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.log_text().splitlines()
+                     if re.search(pattern, line)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError("%d of %d log lines match %r after "
+                                     "%.0f s" % (len(found), count, pattern,
+                                                 timeout))
+            time.sleep(0.02)
 
     def log_tail(self, lines=40):
         """The end of the log, or a sanitizer report from its start."""
