@@ -175,16 +175,16 @@ static void raise_fd_limit(void)
     }
 }
 
-static void write_pid_file(const char *path)
+static bool write_pid_file(const char *path, GError **errp)
 {
     char *s = g_strdup_printf("%d\n", getpid());
-    GError *err = NULL;
+    bool ok = g_file_set_contents(path, s, -1, errp);
 
-    if (!g_file_set_contents(path, s, -1, &err)) {
-        fprintf(stderr, "rawnbd: cannot write pid file: %s\n", err->message);
-        exit(1);
-    }
     g_free(s);
+    if (!ok) {
+        g_prefix_error(errp, "cannot write pid file: ");
+    }
+    return ok;
 }
 
 static int ready_fd = -1;       /* --fork: tells the parent we are up */
@@ -233,11 +233,16 @@ static void daemon_ready(void)
     ready_fd = -1;
 }
 
-/* Start-up failed: say why once, exit 1. */
+/*
+ * Start-up failed: say why once, remove the sockets (and metrics socket)
+ * already made, exit 1.
+ */
 static int setup_failed(GError *err)
 {
     fprintf(stderr, "rawnbd: %s\n", err->message);
     g_error_free(err);
+    listen_stop();
+    metrics_stop();
     return 1;
 }
 
@@ -306,16 +311,16 @@ int main(int argc, char **argv)
     if (cfg.fork) {
         daemonize();
     }
-    if (cfg.pid_file) {
-        write_pid_file(cfg.pid_file);
+    if (cfg.pid_file && !write_pid_file(cfg.pid_file, &err)) {
+        return setup_failed(err);
     }
     setup_signals(server.main_ctx);
 
     server.loops = aio_loops_start(cfg.threads, cfg.pin);
     if (!server.loops) {
-        fprintf(stderr, "rawnbd: cannot start event loops: %s\n",
-                g_strerror(errno));
-        return 1;
+        g_set_error(&err, RAWNBD_ERROR, errno,
+                    "cannot start event loops: %s", g_strerror(errno));
+        return setup_failed(err);
     }
     daemon_ready();
 
