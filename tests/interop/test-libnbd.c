@@ -325,6 +325,7 @@ static void srv_start(Srv *s, ...)
     }
     close(out);
     g_strchomp(line->str);
+    g_free(s->uri);             /* from an earlier start of this server */
     s->uri = g_string_free(line, FALSE);
 }
 
