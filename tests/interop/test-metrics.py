@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -358,6 +359,37 @@ def exact_counters_concurrent():
                       m.get("rawnbd_request_duration_seconds_count")),
                      (800 * 4096, 800 * 4096, 4, 1600),
                      "bytes read, written, sessions, answered")
+
+
+@test
+def gauges_settle_after_vanished_clients():
+    """Clients that reset the connection with reads in flight, or leave
+    while negotiating: the gauges come back to 0, and no more requests
+    are counted as answered than were received."""
+    with Workdir() as w:
+        img = w.file("a.img")
+        make_image(img, 16 * MiB, [(0, pattern(1, 16 * MiB))])
+        msock = w.file("metrics.sock")
+        with Server(img, "-t", "--metrics", msock) as s:
+            for _ in range(3):
+                c = s.connect()
+                for k in range(16):
+                    c.send_request(CMD_READ, k * MiB, MiB)
+                c.sock.recv(1)
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                  struct.pack("ii", 1, 0))
+                c.close()
+                with s.client() as c:
+                    c.greeting()
+            m = wait_idle(msock)
+            received = m.get("rawnbd_requests_total", command="read")
+            answered = m.get("rawnbd_request_duration_seconds_count")
+            assert 3 <= received <= 48 and answered <= received, \
+                "%d reads received, %d answered" % (received, answered)
+            check_eq((m.get("rawnbd_connections_total"),
+                      m.get("rawnbd_connections_negotiating"),
+                      m.get("rawnbd_sessions_total")), (6, 0, 3),
+                     "connections, negotiating, sessions")
 
 
 @test

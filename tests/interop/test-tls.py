@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -182,6 +183,87 @@ def verify_peer():
         h = nbd_connect(handle(psk="psk"), s)
         check_read_write(h, 1, "PSK under --tls-verify-peer")
         h.shutdown()
+
+
+@test
+def revoked_certificate_refused():
+    """ca-crl.pem next to the server's certificate revokes a client
+    certificate under --tls-verify-peer."""
+    with Workdir() as w:
+        srv = w.file("srv")
+        shutil.copytree(pki("server"), srv)
+        with open(w.file("crl.info"), "w") as f:
+            f.write("crl_next_update = 2\ncrl_number = 1\n")
+        subprocess.run(["certtool", "--generate-crl", "--no-text",
+                        "--load-ca-privkey", pki("ca", "ca-key.pem"),
+                        "--load-ca-certificate", pki("ca", "ca-cert.pem"),
+                        "--load-certificate", pki("client", "client-cert.pem"),
+                        "--template", w.file("crl.info"), "--outfile",
+                        os.path.join(srv, "ca-crl.pem")], check=True,
+                       capture_output=True, timeout=60)
+        with Server(image(w), "-t", "--tls-certificates", srv,
+                    "--tls-verify-peer") as s:
+            expect_refused(handle(certs="client"), s, "a revoked certificate")
+            s.wait_log(r"client certificate rejected: .*revoked")
+
+
+@test
+def priority_string_replaces_default():
+    """--tls-priority replaces the default, PSK key exchanges included:
+    without one a PSK client is refused, with one it gets in; a TLS 1.2
+    only string gives TLS 1.2 sessions."""
+    with Workdir() as w:
+        img = image(w)
+        with Server(img, *psk_args("--tls-priority", "NORMAL")) as s:
+            expect_refused(handle(psk="psk"), s, "PSK without a PSK kx")
+        with Server(img, *psk_args("--tls-priority",
+                                   "NORMAL:+ECDHE-PSK:+PSK")) as s:
+            h = nbd_connect(handle(psk="psk"), s)
+            check_read_write(h, 1, "PSK with its own priority string")
+            h.shutdown()
+        with Server(img, *certs_args("--tls-priority",
+                                     "NORMAL:-VERS-ALL:+VERS-TLS1.2")) as s, \
+                s.client() as c:
+            c.handshake()
+            check_eq(c.starttls(ssl_context()), REP_ACK, "STARTTLS")
+            check_eq(c.sock.version(), "TLSv1.2", "protocol version")
+
+
+@test
+def transmission_under_tls():
+    """Every kind of reply through the TLS transport: simple, structured
+    and extended, big reads of cached data (sendfile must not be used
+    under TLS), writes, block status, EXPORT_NAME."""
+    with Workdir() as w:
+        path = w.file("big.img")
+        data = pattern(4, 8 * MiB)
+        make_image(path, 16 * MiB, [(0, data)])
+        with Server(path, *certs_args()) as s:
+            for kw in (dict(structured=False), dict(structured=True),
+                       dict(extended=True)):
+                with s.client() as c:
+                    c.handshake()
+                    check_eq(c.starttls(ssl_context()), REP_ACK, "STARTTLS")
+                    c.connect_export(greet=False, **kw)
+                    for _ in range(2):      # the second is from the cache
+                        check_eq(c.read(MiB, 4 * MiB).data,
+                                 data[MiB:5 * MiB], "4 MiB read %r" % kw)
+                    new = pattern(5, 2 * MiB)
+                    check_eq(c.write(10 * MiB, new).error, 0, "write %r" % kw)
+                    check_eq(c.read(10 * MiB, 2 * MiB).data, new,
+                             "read back %r" % kw)
+                    if c.structured:
+                        ext = c.block_status(8 * MiB, 2 * MiB)
+                        check_eq(ext[0], (2 * MiB, STATE_HOLE | STATE_ZERO),
+                                 "block status of a hole %r" % kw)
+                    c.disconnect()
+            with s.client() as c:
+                c.handshake()
+                check_eq(c.starttls(ssl_context()), REP_ACK, "STARTTLS")
+                size, _ = c.export_name(b"")
+                check_eq(size, 16 * MiB, "EXPORT_NAME under TLS")
+                check_eq(c.read(0, 128 * 1024).data, data[:128 * 1024],
+                         "read after EXPORT_NAME")
 
 
 # ---- --tls=require and --tls=on ------------------------------------------
