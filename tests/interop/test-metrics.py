@@ -448,6 +448,28 @@ def silent_reader():
 
 
 @test
+def long_request_answered():
+    """A GET whose headers pass 4 KiB (big cookies, long user agents) is
+    still a GET: it must be answered, not reset."""
+    with Workdir() as w:
+        img = w.file("a.img")
+        make_image(img, MiB)
+        msock = w.file("metrics.sock")
+        with Server(img, "-t", "--metrics", msock):
+            for pad in (1000, 3500, 6000):
+                with connect(msock) as c:
+                    c.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+                              b"X-Pad: " + b"p" * pad + b"\r\n\r\n")
+                    try:
+                        reply = read_all(c)
+                    except ConnectionResetError:
+                        raise AssertionError("a GET with %d bytes of headers "
+                                             "was reset unanswered" % pad)
+                    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), \
+                        "GET with %d bytes of headers: %r" % (pad, reply[:80])
+
+
+@test
 def labels_escaped():
     with Workdir() as w:
         img = w.file("a.img")
