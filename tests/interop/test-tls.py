@@ -445,31 +445,66 @@ def tls_only_export():
 
 # ---- clients that vanish ------------------------------------------------
 
-def tls_bio_session(s, finish=True):
+class BioSession:
     """A raw client past STARTTLS whose TLS runs through memory BIOs, so
-    that the test decides which encrypted bytes reach the socket.
-    Returns (client, ssl object, outgoing BIO): with @finish the
-    handshake is done, else the ClientHello waits in the outgoing BIO."""
-    c = s.client()
-    c.handshake()
-    check_eq(c.option_final(OPT_STARTTLS), REP_ACK, "STARTTLS")
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl_context().wrap_bio(incoming, outgoing,
-                                 server_hostname="localhost")
-    while True:
+    that the test decides which encrypted bytes reach the socket and when
+    its side of the stream ends.  With @finish the handshake is done,
+    else the ClientHello waits in the outgoing BIO."""
+
+    def __init__(self, s, finish=True):
+        self.c = c = s.client()
+        c.handshake()
+        check_eq(c.option_final(OPT_STARTTLS), REP_ACK, "STARTTLS")
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ssl_context().wrap_bio(self.incoming, self.outgoing,
+                                          server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if not finish:
+                    return
+                c.send(self.outgoing.read())
+                data = c.sock.recv(65536)
+                if not data:
+                    raise Closed("closed during the TLS handshake")
+                self.incoming.write(data)
+        c.send(self.outgoing.read())
+
+    def send(self, data, cut=0):
+        """Encrypt @data and send all but the last @cut bytes of it."""
+        self.tls.write(data)
+        records = self.outgoing.read()
+        self.c.send(records[:len(records) - cut])
+
+    def close_notify(self):
+        """Send close_notify: under TLS 1.3 it ends our direction only."""
         try:
-            tls.do_handshake()
-            break
+            self.tls.unwrap()
         except ssl.SSLWantReadError:
-            if not finish:
-                return c, tls, outgoing
-            c.send(outgoing.read())
-            data = c.sock.recv(65536)
-            if not data:
-                raise Closed("closed during the TLS handshake")
-            incoming.write(data)
-    c.send(outgoing.read())
-    return c, tls, outgoing
+            pass
+        self.c.send(self.outgoing.read())
+
+    def read_all(self):
+        """Everything the server sends until it ends the stream: (the
+        decrypted bytes, whether the end was a close_notify)."""
+        out = []
+        while True:
+            b = self.c.sock.recv(1 << 20)
+            if not b:
+                return b"".join(out), False
+            self.incoming.write(b)
+            while True:
+                try:
+                    d = self.tls.read(1 << 20)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    d = b""
+                if not d:
+                    return b"".join(out), True
+                out.append(d)
 
 
 def vanish_mid_reads(s, how):
@@ -492,20 +527,17 @@ def vanish_mid_record(s, where):
     """The socket closes in the middle of a TLS record: during the
     handshake, or within a WRITE's payload."""
     if where == "handshake":
-        c, tls, outgoing = tls_bio_session(s, finish=False)
-        hello = outgoing.read()
-        c.send(hello[:len(hello) // 2])
+        b = BioSession(s, finish=False)
+        hello = b.outgoing.read()
+        b.c.send(hello[:len(hello) // 2])
     else:
-        c, tls, outgoing = tls_bio_session(s)
-        tls.write(struct.pack(">QII", IHAVEOPT, OPT_GO, 6) + bytes(6))
-        c.send(outgoing.read())
-        tls.write(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, 1, 0,
-                              256 * 1024) + b"w" * 256 * 1024)
-        records = outgoing.read()
-        c.send(records[:len(records) - 100])
-    c.sock.shutdown(socket.SHUT_WR)
+        b = BioSession(s)
+        b.send(struct.pack(">QII", IHAVEOPT, OPT_GO, 6) + bytes(6))
+        b.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, 1, 0,
+                           256 * 1024) + b"w" * 256 * 1024, cut=100)
+    b.c.sock.shutdown(socket.SHUT_WR)
     time.sleep(0.1)
-    c.close()
+    b.c.close()
 
 
 @test
@@ -538,6 +570,81 @@ def vanishing_tls_clients():
                 c.connect_export(greet=False)
                 check_eq(c.read(MiB, 4096).data, pattern(3, 2 * MiB)[
                     MiB:MiB + 4096], "read after the vanished clients")
+
+
+def requests_then_end(s, end, n=8):
+    """GO (no structured replies), @n reads of 1 MiB, then the end of the
+    client's side: "disc" (NBD_CMD_DISC), "close_notify" (TLS 1.3 half
+    close) or "fin" (TCP FIN, no close_notify).  Returns {cookie: data}
+    of the replies that came, and whether the server sent close_notify."""
+    b = BioSession(s)
+    b.send(struct.pack(">QII", IHAVEOPT, OPT_GO, 6) + bytes(6))
+    for k in range(n):
+        b.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, k + 1,
+                           k * MiB, MiB))
+    if end == "disc":
+        b.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, 99, 0, 0))
+    elif end == "close_notify":
+        b.close_notify()
+    else:
+        b.c.sock.shutdown(socket.SHUT_WR)
+    stream, notified = b.read_all()
+    b.c.close()
+    # Skip the GO replies, then split the simple replies.
+    pos = 0
+    while True:
+        _, _, rtype, length = struct.unpack(">QIII", stream[pos:pos + 20])
+        pos += 20 + length
+        if rtype == REP_ACK:
+            break
+    replies = {}
+    while pos + 16 <= len(stream):
+        magic, err, cookie = struct.unpack(">IIQ", stream[pos:pos + 16])
+        check_eq((magic, err), (SIMPLE_REPLY_MAGIC, 0), "reply header")
+        replies[cookie] = stream[pos + 16:pos + 16 + MiB]
+        pos += 16 + MiB
+    return replies, notified
+
+
+@test
+def replies_after_the_client_ends_cleanly():
+    """Reads followed by NBD_CMD_DISC, or by a TLS 1.3 close_notify from
+    the client, are all answered before the server closes (with its own
+    close_notify)."""
+    with Workdir() as w:
+        path = w.file("big.img")
+        data = pattern(3, 8 * MiB)
+        make_image(path, 8 * MiB, [(0, data)])
+        with Server(path, *certs_args()) as s:
+            for end in ("disc", "close_notify"):
+                replies, notified = requests_then_end(s, end)
+                check_eq(sorted(replies), list(range(1, 9)),
+                         "replies before the close (%s)" % end)
+                for k, got in replies.items():
+                    check_eq(got, data[(k - 1) * MiB:k * MiB],
+                             "data of read %d (%s)" % (k, end))
+                assert notified, "no close_notify from the server (%s)" % end
+
+
+@test
+def replies_after_tcp_fin_like_plaintext():
+    """A client that ends its side with a bare TCP FIN after sending
+    requests gets their replies in plaintext; over TLS it should too (the
+    server treats the FIN as the end of requests in both cases)."""
+    with Workdir() as w:
+        path = w.file("big.img")
+        make_image(path, 8 * MiB, [(0, pattern(3, 8 * MiB))])
+        with Server(path, "--tls=on", *certs_args()) as s:
+            with s.connect(structured=False, meta=()) as c:
+                cookies = [c.send_request(CMD_READ, k * MiB, MiB)
+                           for k in range(8)]
+                c.sock.shutdown(socket.SHUT_WR)
+                for ck in cookies:
+                    check_eq(c.reply(ck).error, 0, "plaintext reply")
+            replies, _ = requests_then_end(s, "fin")
+            check_eq(len(replies), 8, "TLS replies after a FIN (the log "
+                     "says: %s)" % [ln for ln in s.log_text().splitlines()
+                                    if "warning" in ln])
 
 
 @test
