@@ -88,6 +88,20 @@ activation_exits_after_client() {
     srv_wait_exit
 }
 
+# Under --tls=require the URI of the passed socket is nbds+unix, the
+# export name percent-encoded.
+activation_tls_uri() {
+    local img=$T/s.img sock=$T/tls.sock psk
+    mk_image "$img" 1M
+    make_pki "$T/pki"
+    psk=$T/pki/psk/keys.psk
+    sa_start "$sock" -- -t -x "a b/c" --tls-psk "$psk" "$img"
+    expect_size "nbds+unix://alice@/a%20b%2Fc?socket=$sock&tls-psk-file=$psk" 1048576
+    srv_wait_uri || fail "no URI: $(cat "$SRV_LOG")"
+    [ "$SRV_URI" = "nbds+unix:///a%20b%2Fc?socket=$sock" ] || fail "URI $SRV_URI"
+    srv_stop
+}
+
 # LISTEN_PID naming another process: the variables are not for us.
 activation_other_pid() {
     local img=$T/o.img
@@ -206,6 +220,7 @@ tap_case "socket activation: unix socket" activation_unix
 tap_case "socket activation: TCP" activation_tcp
 tap_case "socket activation: two sockets" activation_two_sockets
 tap_case "socket activation: exit after the last client" activation_exits_after_client
+tap_case "socket activation: URI under TLS" activation_tls_uri
 tap_case "LISTEN_PID of another process is ignored" activation_other_pid
 tap_case "--socket-mode" socket_mode
 tap_case "--socket-mode keeps other users out" socket_mode_enforced
