@@ -787,6 +787,11 @@ void aio_cofd_cancel_read(AioCoFd *f)
     cofd_cancel_waiter(f, &f->reader);
 }
 
+void aio_cofd_resume_read(AioCoFd *f)
+{
+    f->rd_cancelled = false;
+}
+
 void aio_cofd_cancel(AioCoFd *f)
 {
     aio_cofd_cancel_read(f);

@@ -225,6 +225,9 @@ int coroutine_fn aio_cofd_wait_writable(AioCoFd *f);
 void aio_cofd_cancel_read(AioCoFd *f);
 void aio_cofd_cancel(AioCoFd *f);
 
+/* Undo aio_cofd_cancel_read(): reads may wait again. */
+void aio_cofd_resume_read(AioCoFd *f);
+
 /* Stop watching (the fd is not closed).  No coroutine may be waiting. */
 void aio_cofd_destroy(AioCoFd *f);
 

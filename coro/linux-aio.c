@@ -17,7 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#if CONFIG_VALGRIND
+#include <valgrind/memcheck.h>
+#endif
 
 #include "fault.h"
 #include "linux-aio.h"
@@ -103,6 +108,15 @@ void iov_memset_from(const struct iovec *iov, int iovcnt, size_t from)
     }
 }
 
+/* Did a read that returned @res bytes stop at the end of its file? */
+static bool read_reached_eof(const LaioReq *r, long res)
+{
+    struct stat st;
+
+    return fstat(r->iocb.aio_fildes, &st) == 0 &&
+           r->iocb.u.v.offset + res >= st.st_size;
+}
+
 static void laio_complete(LinuxAioState *s, LaioReq *r, long res)
 {
     int fault = fault_check(r->is_read ? FAULT_LAIO_READ : FAULT_LAIO_WRITE,
@@ -115,14 +129,29 @@ static void laio_complete(LinuxAioState *s, LaioReq *r, long res)
         if (r->rw_flags & RWF_NOWAIT) {
             /* Stopped at a page not in the cache: not the end of file. */
             res = -EAGAIN;
-        } else if (r->is_read) {
-            /* Short read: end of file.  The rest reads as zeros. */
+        } else if (!r->is_read) {
+            res = -ENOSPC;
+        } else if (read_reached_eof(r, res)) {
+            /* The end of the file: the rest reads as zeros. */
             iov_memset_from(r->iov, r->iovcnt, res);
             res = r->nbytes;
-        } else {
-            res = -ENOSPC;
+        }
+        /* Otherwise a transfer cut short: the caller finishes it. */
+    }
+#if CONFIG_VALGRIND
+    if (r->is_read && res > 0) {
+        /* The kernel filled these behind valgrind's back (see laio_reap). */
+        size_t left = res;
+        int i;
+
+        for (i = 0; i < r->iovcnt && left; i++) {
+            size_t n = left < r->iov[i].iov_len ? left : r->iov[i].iov_len;
+
+            VALGRIND_MAKE_MEM_DEFINED(r->iov[i].iov_base, n);
+            left -= n;
         }
     }
+#endif
     r->ret = res;
     s->stats.completed++;
     co_enter(r->co);

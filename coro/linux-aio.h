@@ -32,9 +32,10 @@ LinuxAioState *laio_get(AioContext *ctx);
 void laio_cleanup(LinuxAioState *s);
 
 /*
- * Read or write the whole of @iov at @offset.  Returns the byte count
- * (always the full length) or -errno.  A short read (end of file) is
- * completed with zeros; a short write is -ENOSPC.  Coroutine in the home
+ * Read or write @iov at @offset.  Returns the byte count or -errno.  A
+ * read that reaches the end of the file is completed with zeros (full
+ * count); one cut short anywhere else returns the short count, for the
+ * caller to finish.  A short write is -ENOSPC.  Coroutine in the home
  * thread of @s.  @rw_flags are RWF_* flags: RWF_DSYNC for a write that
  * must be durable when it completes; RWF_NOWAIT for a read of a buffered
  * file that must not wait for the disk (it then fails with -EAGAIN, also

@@ -39,6 +39,7 @@
 #define ZERO_COPY_MIN (64 * 1024)       /* sendfile() cached reads this big */
 #define BS_MAX_EXTENTS 4096             /* block status extents per reply */
 #define SEND_IOV_BATCH 256
+#define LINGER_NS (2ll * 1000 * 1000 * 1000)   /* see conn_linger() */
 
 /* ---- the plain transport ---------------------------------------------- */
 
@@ -918,6 +919,45 @@ static const char *check_message(uint32_t err, const NBDRequest *req)
     }
 }
 
+static void linger_timeout(void *opaque)
+{
+    Conn *c = opaque;
+
+    aio_cofd_cancel(&c->cofd);
+}
+
+/*
+ * Close gently: closing a TCP socket with unread bytes in it sends a RST,
+ * and the peer's kernel then drops replies it has not handed to the client
+ * yet.  So: no more data from us (FIN), then read and discard until the
+ * client closes too, for at most LINGER_NS.
+ */
+static void coroutine_fn conn_linger(Conn *c)
+{
+    AioTimer timer;
+    char scratch[4096];
+
+    if (shutdown(c->fd, SHUT_WR) < 0) {
+        return;
+    }
+    aio_cofd_resume_read(&c->cofd);
+    aio_timer_init(c->ctx, &timer, linger_timeout, c);
+    aio_timer_mod(&timer, clock_ns() + LINGER_NS);
+    for (;;) {
+        ssize_t r = recv(c->fd, scratch, sizeof(scratch), 0);
+
+        if (r > 0 || (r < 0 && errno == EINTR)) {
+            continue;
+        }
+        if (r < 0 && errno == EAGAIN &&
+            aio_cofd_wait_readable(&c->cofd) == 0) {
+            continue;
+        }
+        break;
+    }
+    aio_timer_del(&timer);
+}
+
 /* ---- transmission ------------------------------------------------------------ */
 
 static void coroutine_fn conn_transmission(Conn *c)
@@ -1043,6 +1083,7 @@ static void coroutine_fn conn_transmission(Conn *c)
     STAT_ADD(c->stats->connections_open, -1);
     if (!c->dead) {
         tls_bye(c);
+        conn_linger(c);
     }
 }
 

@@ -241,7 +241,16 @@ ssize_t coroutine_fn export_co_preadv(Export *e, struct iovec *iov, int n,
         LinuxAioState *s = laio_get(aio_current());
 
         if (likely(s)) {
-            return laio_co_preadv(s, e->fd, iov, n, pos, 0);
+            ssize_t r = laio_co_preadv(s, e->fd, iov, n, pos, 0);
+
+            /*
+             * Short: the end of the file (zeros follow) or an interrupted
+             * transfer.  The pool's loop knows the difference; rare.
+             */
+            if (likely(r < 0 || (size_t)r == iov_size(iov, n))) {
+                return r;
+            }
+            return pool_co_preadv(e->fd, iov, n, pos);
         }
     } else if (!e->direct && !fault_armed(FAULT_PREADV)) {
         /*

@@ -21,7 +21,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define HTTP_REQ_MAX 4096
+#define HTTP_REQ_MAX 4096           /* bytes of the request kept */
+#define HTTP_HEAD_LIMIT (1 << 20)   /* longer heads: answer anyway */
 #define HTTP_IDLE_NS (5ll * 1000 * 1000 * 1000)
 
 /* One thread's stats for every export. */
@@ -267,6 +268,7 @@ typedef struct HttpClient {
     AioHandler *h;
     AioTimer idle;
     GString *req;
+    size_t seen;                /* bytes of the request read */
     GList link;
 } HttpClient;
 
@@ -329,9 +331,21 @@ static void http_read(void *opaque)
         return;
     }
     if (r > 0) {
-        g_string_append_len(hc->req, buf, r);
+        /*
+         * Read the whole request head, however long (closing with bytes
+         * unread would reset the connection and lose the reply), but keep
+         * only its start and the last bytes, where the end is looked for.
+         */
+        hc->seen += r;
+        if (hc->req->len < HTTP_REQ_MAX) {
+            g_string_append_len(hc->req, buf, r);
+        } else {
+            g_string_erase(hc->req, HTTP_REQ_MAX - 4, -1);
+            g_string_append_len(hc->req, buf + (r > 4 ? r - 4 : 0),
+                                r > 4 ? 4 : r);
+        }
         if (!strstr(hc->req->str, "\r\n\r\n") &&
-            !strstr(hc->req->str, "\n\n") && hc->req->len < HTTP_REQ_MAX) {
+            !strstr(hc->req->str, "\n\n") && hc->seen < HTTP_HEAD_LIMIT) {
             return;
         }
     }

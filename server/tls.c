@@ -248,8 +248,17 @@ static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
     ssize_t r = recv(c->fd, buf, len, 0);
 
     if (r == 0) {
+        /*
+         * The client half-closed: that ends its requests, not our
+         * replies.  A 0 here would make gnutls invalidate the session and
+         * fail our sends; "try again" with peer_eof set lets tls_recv()
+         * report the end of stream and the sends carry on.
+         */
         c->peer_eof = true;
-    } else if (r < 0) {
+        gnutls_transport_set_errno(c->tls, EAGAIN);
+        return -1;
+    }
+    if (r < 0) {
         gnutls_transport_set_errno(c->tls, errno);
     }
     return r;

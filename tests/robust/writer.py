@@ -25,8 +25,8 @@ ESHUTDOWN = 108
 
 # libnbd's words for a connection the server closed, at a message
 # boundary: anything else is a failure.
-CLOSED_WORDS = ("disconnected", "ENOTCONN", "not connected",
-                "Connection reset", "Broken pipe", "closed", "dead")
+CLOSED_WORDS = ("disconnected", "enotconn", "not connected",
+                "connection reset", "broken pipe", "closed", "dead")
 
 
 def expected_block(writer, block):
@@ -34,7 +34,8 @@ def expected_block(writer, block):
 
 
 def closed_error(e):
-    text = "%s %s" % (e.string, e.errno)
+    # After a graceful stop libnbd says "invalid state: CLOSED".
+    text = ("%s %s" % (e.string, e.errno)).lower()
     return any(w in text for w in CLOSED_WORDS) or \
         e.errno in (107, 32, 104, 108)      # ENOTCONN EPIPE ECONNRESET ESHUTDOWN
 
