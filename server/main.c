@@ -187,6 +187,21 @@ static bool write_pid_file(const char *path, GError **errp)
     return ok;
 }
 
+/*
+ * Remove our pid file, unless it names another process by now: a server
+ * started on the same path while we were stopping must keep its file.
+ */
+static void remove_pid_file(const char *path)
+{
+    char *text = NULL;
+
+    if (g_file_get_contents(path, &text, NULL, NULL) &&
+        strtol(text, NULL, 10) == getpid()) {
+        unlink(path);
+    }
+    g_free(text);
+}
+
 static int ready_fd = -1;       /* --fork: tells the parent we are up */
 
 /*
@@ -290,6 +305,26 @@ int main(int argc, char **argv)
         return setup_failed(err);
     }
 
+    if (cfg.fork) {
+        daemonize();
+    }
+    if (cfg.pid_file && !write_pid_file(cfg.pid_file, &err)) {
+        return setup_failed(err);
+    }
+    setup_signals(server.main_ctx);
+
+    server.loops = aio_loops_start(cfg.threads, cfg.pin);
+    if (!server.loops) {
+        g_set_error(&err, RAWNBD_ERROR, errno,
+                    "cannot start event loops: %s", g_strerror(errno));
+        return setup_failed(err);
+    }
+
+    /*
+     * Ready: the pid file written, the loops running.  The "listening at"
+     * line and --print-uri come only now, so that whoever waits for them
+     * can rely on both; with --fork the parent exits after them.
+     */
     uri = listen_uri();
     for (i = 0; i < server.nexports; i++) {
         Export *e = &server.exports[i];
@@ -307,21 +342,6 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     g_free(uri);
-
-    if (cfg.fork) {
-        daemonize();
-    }
-    if (cfg.pid_file && !write_pid_file(cfg.pid_file, &err)) {
-        return setup_failed(err);
-    }
-    setup_signals(server.main_ctx);
-
-    server.loops = aio_loops_start(cfg.threads, cfg.pin);
-    if (!server.loops) {
-        g_set_error(&err, RAWNBD_ERROR, errno,
-                    "cannot start event loops: %s", g_strerror(errno));
-        return setup_failed(err);
-    }
     daemon_ready();
 
     while (!quit) {
@@ -343,7 +363,7 @@ int main(int argc, char **argv)
     }
     g_free(server.exports);
     if (cfg.pid_file) {
-        unlink(cfg.pid_file);
+        remove_pid_file(cfg.pid_file);
     }
     metrics_stop();
     metrics_free();

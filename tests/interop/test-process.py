@@ -220,6 +220,22 @@ def fork_and_pid_file():
             assert not os.path.exists(sock), "socket left behind"
 
 
+@test
+def pid_file_of_successor_kept():
+    """A server that exits leaves a pid file that names another process
+    (a successor started on the same path) alone."""
+    with Workdir() as w:
+        img = image(w)
+        pidfile = w.file("pid")
+        with Server(img, "-t", "--pid-file", pidfile) as s:
+            with open(pidfile) as f:
+                check_eq(int(f.read()), s.proc.pid, "pid file")
+            with open(pidfile, "w") as f:
+                f.write("%d\n" % os.getpid())     # the successor's
+        with open(pidfile) as f:
+            check_eq(int(f.read()), os.getpid(), "successor's pid file")
+
+
 def nbdraw_client(address):
     c = Client(address)
     try:
