@@ -15,6 +15,20 @@ done
 status=0
 files=$(ls coro/*.c proto/*.c server/*.c)
 
+echo "lint: layering"
+# coro/ and proto/ never include server/; proto/ includes nothing of coro/
+# and does no I/O (no socket, file or thread calls).
+out=$( (grep -nE '#include "(\.\./)?server/|#include "(server|conn)\.h"' \
+            coro/*.[ch] proto/*.[ch];
+        grep -nE '#include "(\.\./)?coro/|#include "(aio|coroutine)\.h"' \
+            proto/*.[ch];
+        grep -nE '\<(read|write|recv|send|sendmsg|socket|open|pthread_create)\(' \
+            proto/*.c ) || true)
+if [ -n "$out" ]; then
+    printf 'layering broken:\n%s\n' "$out"
+    status=1
+fi
+
 echo "lint: cppcheck"
 out=$(cppcheck --enable=warning,style,performance,portability --std=c11 \
         --inline-suppr -q --error-exitcode=0 -D__x86_64__ -D_GNU_SOURCE \
