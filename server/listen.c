@@ -145,7 +145,7 @@ static int add_listener(int fd, GError **errp)
     return 0;
 }
 
-static bool listen_unix(const char *path, GError **errp)
+int unix_listen_socket(const char *path, int backlog, GError **errp)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
     struct stat st;
@@ -154,16 +154,16 @@ static bool listen_unix(const char *path, GError **errp)
     if (strlen(path) >= sizeof(sun.sun_path)) {
         g_set_error(errp, RAWNBD_ERROR, EINVAL,
                     "unix socket path too long: %s", path);
-        return false;
+        return -1;
     }
     memcpy(sun.sun_path, path, strlen(path) + 1);     /* length checked */
     /* A stale socket from an earlier run is replaced; other files not. */
     if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
         unlink(path);
     }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
+        listen(fd, backlog) < 0) {
         int err = errno;
 
         if (fd >= 0) {
@@ -172,6 +172,16 @@ static bool listen_unix(const char *path, GError **errp)
         g_set_error(errp, RAWNBD_ERROR, err,
                     "cannot listen on unix socket %s: %s", path,
                     g_strerror(err));
+        return -1;
+    }
+    return fd;
+}
+
+static bool listen_unix(const char *path, GError **errp)
+{
+    int fd = unix_listen_socket(path, LISTEN_BACKLOG, errp);
+
+    if (fd < 0) {
         return false;
     }
     unix_path_created = g_strdup(path);

@@ -18,7 +18,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #define HTTP_REQ_MAX 4096           /* bytes of the request kept */
@@ -387,27 +386,9 @@ static int metrics_socket(const char *addr, GError **errp)
     int fd, one = 1;
 
     if (strchr(addr, '/') || !strchr(addr, ':')) {
-        struct sockaddr_un sun = { .sun_family = AF_UNIX };
-        struct stat st;
-
-        if (strlen(addr) >= sizeof(sun.sun_path)) {
-            g_set_error(errp, RAWNBD_ERROR, EINVAL,
-                        "metrics socket path too long: %s", addr);
-            return -1;
-        }
-        memcpy(sun.sun_path, addr, strlen(addr) + 1);  /* length checked */
-        if (lstat(addr, &st) == 0 && S_ISSOCK(st.st_mode)) {
-            unlink(addr);
-        }
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-            listen(fd, 16) < 0) {
-            g_set_error(errp, RAWNBD_ERROR, errno,
-                        "cannot listen for metrics on %s: %s", addr,
-                        g_strerror(errno));
-            if (fd >= 0) {
-                close(fd);
-            }
+        fd = unix_listen_socket(addr, 16, errp);
+        if (fd < 0) {
+            g_prefix_error(errp, "metrics: ");
             return -1;
         }
         metrics_unix_path = g_strdup(addr);

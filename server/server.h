@@ -290,6 +290,12 @@ void conn_shutdown_all(bool now);
  */
 bool listen_start(AioContext *ctx, GError **errp);
 void listen_pause(bool paused);
+/*
+ * A listening unix socket at @path (non-blocking, close-on-exec),
+ * replacing a stale socket file left there.  Returns the fd, or -1 with
+ * @errp set.
+ */
+int unix_listen_socket(const char *path, int backlog, GError **errp);
 void listen_stop(void);
 /* The URI a client should use, for printing. */
 char *listen_uri(void);
