@@ -39,6 +39,7 @@
 #define ZERO_COPY_MIN (64 * 1024)       /* sendfile() cached reads this big */
 #define BS_MAX_EXTENTS 4096             /* block status extents per reply */
 #define SEND_IOV_BATCH 256
+#define SEND_EARLY_REPLIES 16                   /* see conn_transmission() */
 #define LINGER_NS (2ll * 1000 * 1000 * 1000)   /* see conn_linger() */
 
 /* ---- the plain transport ---------------------------------------------- */
@@ -462,6 +463,8 @@ static int conn_flush_sendq(Conn *c)
 {
     int64_t now;
 
+    c->sendq_len = 0;
+
     while (c->sendq) {
         struct iovec iov[SEND_IOV_BATCH];
         size_t skip = c->sendq_off, done;
@@ -593,6 +596,7 @@ static void conn_queue_reply(Conn *c, NBDReq *r)
     *c->sendq_tailp = r;
     c->sendq_tailp = &r->next;
     aio_bh_schedule(c->send_bh);
+    c->sendq_len++;
 }
 
 /* ---- building replies -------------------------------------------------------- */
@@ -1062,6 +1066,14 @@ static void coroutine_fn conn_transmission(Conn *c)
         co = co_create(request_co, r);
         co_set_home(co, c->ctx);
         co_enter(co);
+        /*
+         * A long batch of requests served inline would hold every reply
+         * until its end while the client, waiting for them, idles: let
+         * them go every SEND_EARLY_REPLIES.
+         */
+        if (c->sendq_len >= SEND_EARLY_REPLIES) {
+            send_bh_cb(c);
+        }
     }
 
     /* No more requests: let those in flight finish and their replies go. */

@@ -8,7 +8,7 @@
 
 #include "server.h"
 
-#define CONN_IN_SIZE (64 * 1024)        /* receive buffer */
+#define CONN_IN_SIZE (16 * 1024)        /* receive buffer */
 #define REPLY_HDR_SIZE 512              /* chunk headers of one reply */
 #define READ_MAX_SEGMENTS 8             /* data/hole chunks per READ */
 #define REQ_IOV_MAX (2 * READ_MAX_SEGMENTS + 2)
@@ -110,6 +110,7 @@ struct Conn {
     NBDReq *sendq;                  /* replies to send, FIFO */
     NBDReq **sendq_tailp;
     size_t sendq_off;               /* bytes of sendq head already sent */
+    unsigned sendq_len;             /* replies queued since the last send */
     AioBH *send_bh;
     Coroutine *sender;              /* waits for writability, or NULL */
     bool dead;                      /* the socket failed: drop replies */
