@@ -41,6 +41,7 @@
 #define SEND_IOV_BATCH 256
 #define SEND_EARLY_REPLIES 16                   /* see conn_transmission() */
 #define LINGER_NS (2ll * 1000 * 1000 * 1000)   /* see conn_linger() */
+#define PAYLOAD_GRACE_NS (1000ll * 1000 * 1000) /* see conn_stop_graceful() */
 
 /* ---- the plain transport ---------------------------------------------- */
 
@@ -138,12 +139,31 @@ static void conn_abort(Conn *c)
     conn_wake(c);
 }
 
-/* Stop reading requests; those in flight finish and are answered. */
+static void payload_grace_timeout(void *opaque)
+{
+    Conn *c = opaque;
+
+    aio_cofd_cancel_read(&c->cofd);
+}
+
+/*
+ * Stop reading requests; those in flight finish and are answered.  A
+ * request whose header is in but whose payload is still arriving counts as
+ * in flight: its payload may take up to PAYLOAD_GRACE_NS more, so that a
+ * client in the middle of sending a WRITE gets it done and acknowledged,
+ * while one that stalls there does not hold up the exit.
+ */
 static void conn_stop_graceful(Conn *c)
 {
     c->stopping = true;
     c->stop_graceful = true;
-    aio_cofd_cancel_read(&c->cofd);
+    if (c->in_payload) {
+        if (!aio_timer_pending(&c->payload_timer)) {
+            aio_timer_mod(&c->payload_timer, clock_ns() + PAYLOAD_GRACE_NS);
+        }
+    } else {
+        aio_cofd_cancel_read(&c->cofd);
+    }
     conn_wake(c);
 }
 
@@ -979,6 +999,7 @@ static void coroutine_fn conn_transmission(Conn *c)
     c->free_slots = &c->slots[0];
     c->sendq_tailp = &c->sendq;
     c->send_bh = aio_bh_new(c->ctx, send_bh_cb, c, "nbd-send", 0);
+    aio_timer_init(c->ctx, &c->payload_timer, payload_grace_timeout, c);
     c->stats = metrics_export_stats(c->exp);
     STAT_ADD(c->stats->connections, 1);
     STAT_ADD(c->stats->connections_open, 1);
@@ -1022,19 +1043,27 @@ static void coroutine_fn conn_transmission(Conn *c)
                           err ? nbd_err_name(err) : "");
         }
         STAT_ADD(c->stats->requests[MIN(req.type, METRICS_NCMDS - 1)], 1);
-        c->nrequests++;
         if (chk.disconnect) {
+            c->nrequests++;
             break;
         }
         r = slot_take(c);
         r->req = req;
         r->start_ns = c->recv_ns;       /* when its bytes arrived */
         STAT_ADD(c->stats->in_flight, 1);
+        /*
+         * From here the request is taken in, once its payload is: a stop
+         * lets the payload finish arriving (see conn_stop_graceful()).
+         */
+        c->in_payload = chk.payload > 0;
         if (err) {
-            if (chk.payload && conn_discard(c, chk.payload) < 0) {
+            ret = chk.payload ? conn_discard(c, chk.payload) : 0;
+            c->in_payload = false;
+            if (ret < 0) {
                 slot_put(c, r, 0);
                 break;
             }
+            c->nrequests++;
             reply_error(c, r, err, check_message(err, &req));
             conn_queue_reply(c, r);
             continue;
@@ -1050,19 +1079,24 @@ static void coroutine_fn conn_transmission(Conn *c)
         if (chk.payload) {
             if (slot_buf(r, chk.payload) < 0) {
                 ret = conn_discard(c, chk.payload);
-                reply_io_error(c, r, -ENOMEM);
-                conn_queue_reply(c, r);
+                c->in_payload = false;
                 if (ret < 0) {
+                    slot_put(c, r, 0);
                     break;
                 }
+                c->nrequests++;
+                reply_io_error(c, r, -ENOMEM);
+                conn_queue_reply(c, r);
                 continue;
             }
             ret = conn_read(c, r->buf, chk.payload);
+            c->in_payload = false;
             if (ret < 0) {
                 slot_put(c, r, 0);
                 break;
             }
         }
+        c->nrequests++;
         co = co_create(request_co, r);
         co_set_home(co, c->ctx);
         co_enter(co);
@@ -1078,6 +1112,7 @@ static void coroutine_fn conn_transmission(Conn *c)
 
     /* No more requests: let those in flight finish and their replies go. */
     c->stopping = true;
+    aio_timer_del(&c->payload_timer);
     aio_cofd_cancel_read(&c->cofd);
     while (c->inflight > 0 || c->sender) {
         conn_wait(c);

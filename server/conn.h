@@ -89,7 +89,8 @@ struct Conn {
     Export *meta_export;            /* export those were selected for */
     Export *exp;                    /* in transmission */
     ExportStats *stats;             /* this loop's counters for exp */
-    uint64_t nrequests;             /* requests read, for the close log */
+    uint64_t nrequests;             /* requests read whole (header and
+                                       payload), for the close log */
     NBDSession sess;
 
     /* Handshake limits. */
@@ -99,6 +100,8 @@ struct Conn {
     GList all_link;                 /* in the global connection list */
     AioBH *stop_bh;                 /* main thread asks us to stop */
     bool stop_graceful;
+    bool in_payload;                /* main_co reads a request's payload */
+    AioTimer payload_timer;         /* bounds that read once stopping */
 
     /* Transmission. */
     NBDReq *slots;
