@@ -55,6 +55,9 @@ meson_build() {
     shift
     if [ ! -f "$dir/build.ninja" ]; then
         meson setup "$dir" "$@" >/dev/null
+    elif [ $# -gt 0 ]; then
+        # An earlier command may have set it up otherwise (build: no tests).
+        meson configure "$dir" "$@" >/dev/null
     fi
     ninja -C "$dir" >/dev/null
 }
@@ -91,7 +94,7 @@ serve)
     ;;
 check)
     install_missing $BUILD_PKGS $TEST_PKGS
-    meson_build build
+    meson_build build -Dtests=true
     meson test -C build --print-errorlogs --num-processes 2
     if [ "${RAWNBD_SKIP_SANITIZERS:-0}" != 1 ]; then
         # The VM and the other projects' suites ran above; here the
@@ -110,7 +113,7 @@ check)
     ;;
 bench)
     install_missing $BUILD_PKGS $TEST_PKGS $BENCH_PKGS
-    meson_build build
+    meson_build build -Dtests=true
     shift
     exec tests/bench/nbd-bench --rawnbd build/server/rawnbd "$@"
     ;;
