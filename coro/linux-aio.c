@@ -254,11 +254,42 @@ static void laio_submit(LinuxAioState *s)
     }
 }
 
+/*
+ * A lone RWF_NOWAIT read: the kernel would copy it inside io_submit anyway,
+ * so preadv2 does the same in one system call, and no completion event
+ * means no eventfd to read and no extra trip through epoll.
+ */
+static bool laio_try_sync_read(LinuxAioState *s)
+{
+    LaioReq *r = s->pending;
+    ssize_t ret;
+
+    if (!r || r->next || !r->is_read || !(r->rw_flags & RWF_NOWAIT)) {
+        return false;
+    }
+    s->pending = NULL;
+    s->pending_tailp = &s->pending;
+    ret = fault_check(FAULT_LAIO_SUBMIT, r->iocb.u.v.offset, r->nbytes);
+    if (likely(ret >= 0)) {
+        ret = preadv2(r->iocb.aio_fildes, r->iov, r->iovcnt,
+                      r->iocb.u.v.offset, RWF_NOWAIT);
+        if (ret < 0) {
+            ret = -errno;
+        }
+    }
+    s->stats.sync_reads++;
+    laio_complete(s, r, ret);
+    return true;
+}
+
 static void laio_submit_bh(void *opaque)
 {
     LinuxAioState *s = opaque;
 
     if (!s->plugged) {
+        if (laio_try_sync_read(s)) {
+            return;
+        }
         laio_submit(s);
         /*
          * Requests the kernel finished inside io_submit (page-cache hits

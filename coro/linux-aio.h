@@ -58,6 +58,7 @@ typedef struct LaioStats {
     unsigned long submitted;        /* iocbs submitted */
     unsigned long eagain;           /* io_submit returned EAGAIN */
     unsigned long completed;
+    unsigned long sync_reads;       /* lone RWF_NOWAIT reads done by preadv2 */
 } LaioStats;
 void laio_stats(const LinuxAioState *s, LaioStats *st);
 

@@ -366,8 +366,9 @@ static void test_nowait_buffered(void)
 {
     char *tpath = g_build_filename(g_get_tmp_dir(), "rawnbd-nowait-XXXXXX",
                                    NULL);
-    NowaitJob j = { 0 };
+    NowaitJob j = { 0 }, j2;
     char *data = alloc_buf(8 * BLK, 'n');
+    LaioStats st;
 
     if (!setup()) {
         g_free(tpath);
@@ -391,6 +392,29 @@ static void test_nowait_buffered(void)
     }
     g_assert_cmpint(j.ret, ==, 4 * BLK);
     g_assert_cmpint(j.buf[4 * BLK - 1], ==, 'n');
+    /* Alone in its loop iteration: one preadv2, no io_submit. */
+    laio_stats(laio, &st);
+    g_assert_cmpint(st.sync_reads, ==, 1);
+    g_assert_cmpint(st.submit_calls, ==, 0);
+
+    /* Two in one iteration: one io_submit carries both. */
+    j2 = j;
+    j2.offset = 2 * BLK;
+    j2.buf = alloc_buf(4 * BLK, 0);
+    j.done = false;
+    aio_co_enter(ctx, co_create(nowait_co, &j));
+    aio_co_enter(ctx, co_create(nowait_co, &j2));
+    while (!j.done || !j2.done) {
+        aio_poll(ctx, true);
+    }
+    g_assert_cmpint(j.ret, ==, 4 * BLK);
+    g_assert_cmpint(j2.ret, ==, 4 * BLK);
+    g_assert_cmpint(j2.buf[0], ==, 'n');
+    laio_stats(laio, &st);
+    g_assert_cmpint(st.sync_reads, ==, 1);
+    g_assert_cmpint(st.submit_calls, ==, 1);
+    g_assert_cmpint(st.submitted, ==, 2);
+    free(j2.buf);
 
     /* The second half evicted: -EAGAIN, not zeros.  (Skip if the kernel
      * keeps the pages anyway.) */
