@@ -34,6 +34,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,9 @@ struct AioContext {
 
     Coroutine *co_sched_list;   /* atomic LIFO of coroutines to enter */
     AioBH *co_sched_bh;
+
+    int64_t poll_max_ns;        /* atomic: 0 = no polling */
+    int64_t poll_ns;            /* current polling window */
 
     int busy;                   /* atomic */
     LinuxAioState *laio;
@@ -537,10 +541,73 @@ static int compute_timeout(AioContext *ctx)
 
 /* ---- the loop ---------------------------------------------------------- */
 
+#define POLL_START_NS 4000      /* first polling window after a miss */
+
+void aio_context_set_poll_max(AioContext *ctx, int64_t max_ns)
+{
+    atomic_set(&ctx->poll_max_ns, max_ns > 0 ? max_ns : 0);
+}
+
+int64_t aio_context_poll_ns(const AioContext *ctx)
+{
+    return ctx->poll_ns;
+}
+
+/*
+ * Poll for events until the current window closes (or the first timer is
+ * due).  Returns epoll_wait's result: > 0 once something is ready, 0 if
+ * the window closed first.  notify_me is set, so that other threads'
+ * aio_notify() shows up here as the eventfd.
+ */
+static int poll_events(AioContext *ctx, struct epoll_event *events,
+                       int64_t start)
+{
+    int64_t end = start + ctx->poll_ns;
+
+    if (ctx->ntimers && ctx->timers[0]->deadline < end) {
+        end = ctx->timers[0]->deadline;
+    }
+    for (;;) {
+        int n = epoll_wait(ctx->epfd, events, MAX_EVENTS, 0);
+
+        if (n != 0 || clock_ns() >= end) {
+            return n;
+        }
+        /* A client on this CPU would otherwise wait for us to give up. */
+        sched_yield();
+    }
+}
+
+/*
+ * Adjust the polling window after a wait that took @wait_ns until an event
+ * (or a timer) came: keep it when polling caught the event, grow it when a
+ * longer window would have, halve it when even the longest would not have
+ * (so that one late event does not undo it, while an idle context soon
+ * stops polling: it spins once per wake-up at most, and less each time).
+ */
+static void poll_adjust(AioContext *ctx, int64_t max_ns, int64_t wait_ns)
+{
+    if (wait_ns <= ctx->poll_ns) {
+        return;
+    }
+    if (wait_ns > max_ns) {
+        ctx->poll_ns /= 2;
+        if (ctx->poll_ns < POLL_START_NS) {
+            ctx->poll_ns = 0;
+        }
+    } else if (ctx->poll_ns < max_ns) {
+        ctx->poll_ns = ctx->poll_ns ? ctx->poll_ns * 2 : POLL_START_NS;
+        if (ctx->poll_ns > max_ns) {
+            ctx->poll_ns = max_ns;
+        }
+    }
+}
+
 bool aio_poll(AioContext *ctx, bool blocking)
 {
     struct epoll_event events[MAX_EVENTS];
     bool progress = false;
+    int64_t poll_max = 0;
     int timeout = 0;
     int n, i;
 
@@ -550,8 +617,24 @@ bool aio_poll(AioContext *ctx, bool blocking)
     if (blocking) {
         atomic_store_seq(&ctx->notify_me, true);
         timeout = compute_timeout(ctx);
+        poll_max = timeout != 0 ? atomic_read(&ctx->poll_max_ns) : 0;
     }
-    n = epoll_wait(ctx->epfd, events, MAX_EVENTS, timeout);
+    if (poll_max) {
+        int64_t start = clock_ns();
+
+        if (ctx->poll_ns > poll_max) {
+            ctx->poll_ns = poll_max;    /* the bound was lowered */
+        }
+        n = ctx->poll_ns ? poll_events(ctx, events, start) : 0;
+        if (n == 0) {
+            /* The window closed: a timer may be due by now. */
+            n = epoll_wait(ctx->epfd, events, MAX_EVENTS,
+                           ctx->poll_ns ? compute_timeout(ctx) : timeout);
+        }
+        poll_adjust(ctx, poll_max, clock_ns() - start);
+    } else {
+        n = epoll_wait(ctx->epfd, events, MAX_EVENTS, timeout);
+    }
     if (blocking) {
         atomic_set(&ctx->notify_me, false);
     }

@@ -58,6 +58,22 @@ bool aio_poll(AioContext *ctx, bool blocking);
 /* Wake @ctx if it is waiting in aio_poll().  Any thread. */
 void aio_notify(AioContext *ctx);
 
+/*
+ * Adaptive polling.  Waking a thread that sleeps in epoll_wait() costs
+ * tens of microseconds on some machines (virtual CPUs above all), more
+ * than the work of a request.  With a non-zero @max_ns, a blocking
+ * aio_poll() first polls for events without sleeping, for a window that
+ * adapts: it doubles (up to @max_ns) while events arrive soon after the
+ * window closed, and drops to nothing after a wait longer than @max_ns,
+ * so that an idle context does not spin.  While polling, the thread
+ * yields the CPU to any other runnable thread on it.  0 (the default)
+ * turns polling off.  Any thread.
+ */
+void aio_context_set_poll_max(AioContext *ctx, int64_t max_ns);
+
+/* The current polling window in ns (home thread; for tests). */
+int64_t aio_context_poll_ns(const AioContext *ctx);
+
 /* ---- fd handlers ---------------------------------------------------- */
 
 enum {

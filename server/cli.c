@@ -15,6 +15,7 @@
 #define DEFAULT_HANDSHAKE_LIMIT 10
 #define DEFAULT_MAX_HANDSHAKES 1024
 #define DEFAULT_MAX_INFLIGHT 256
+#define DEFAULT_POLL_US 100
 
 /* Bad usage: one line, exit 2. */
 static void G_GNUC_PRINTF(1, 2) G_GNUC_NORETURN usage_error(const char *fmt,
@@ -215,6 +216,7 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     char *cache = NULL, *aio = NULL, *discard = NULL, *format = NULL;
     char *shared = NULL, *threads = NULL, *handshake_limit = NULL;
     char *max_handshakes = NULL, *max_inflight = NULL, *offset = NULL;
+    char *poll = NULL;
     char *log_target = NULL, *pid_file = NULL;
     gboolean read_only = FALSE, persistent = FALSE, version = FALSE;
     gboolean nocache = FALSE, do_fork = FALSE, pin = FALSE;
@@ -266,6 +268,9 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
           "Number of event-loop threads (default: one per CPU)", "N" },
         { "pin", 0, 0, G_OPTION_ARG_NONE, &pin,
           "Pin each event-loop thread to a CPU", NULL },
+        { "poll", 0, 0, G_OPTION_ARG_STRING, &poll,
+          "Event loops poll for up to USEC microseconds before they sleep "
+          "(adaptive; default 100, 0 = never)", "USEC" },
         { "handshake-limit", 0, 0, G_OPTION_ARG_STRING, &handshake_limit,
           "Drop clients that have not finished negotiating after SECONDS "
           "(default 10, 0 = never)", "SECONDS" },
@@ -339,6 +344,7 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     cfg->handshake_limit = DEFAULT_HANDSHAKE_LIMIT;
     cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
     cfg->max_inflight = DEFAULT_MAX_INFLIGHT;
+    cfg->poll_us = DEFAULT_POLL_US;
     cfg->discard = true;
     cfg->socket_uid = -1;
     cfg->socket_gid = -1;
@@ -414,6 +420,9 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
         if (cfg->threads == 0) {
             usage_error("invalid value for --threads: '0'");
         }
+    }
+    if (poll) {
+        cfg->poll_us = parse_uint("--poll", poll, 1000000);
     }
     if (handshake_limit) {
         cfg->handshake_limit = parse_uint("--handshake-limit",
@@ -539,6 +548,7 @@ void cli_parse(int argc, char **argv, ServerConfig *cfg)
     g_free(shared);
     g_free(threads);
     g_free(handshake_limit);
+    g_free(poll);
     g_free(max_handshakes);
     g_free(max_inflight);
     g_free(offset);

@@ -319,6 +319,10 @@ int main(int argc, char **argv)
                     "cannot start event loops: %s", g_strerror(errno));
         return setup_failed(err);
     }
+    for (i = 0; i < aio_loops_count(server.loops); i++) {
+        aio_context_set_poll_max(aio_loops_get(server.loops, i),
+                                 cfg.poll_us * 1000ll);
+    }
 
     /*
      * Ready: the pid file written, the loops running.  The "listening at"

@@ -96,6 +96,7 @@ typedef struct ServerConfig {
     bool discard;               /* --discard=unmap */
     unsigned threads;           /* --threads: loops, 0 = one per CPU */
     bool pin;                   /* --pin */
+    unsigned poll_us;           /* --poll: loops' polling window, max */
     char *pid_file;
     bool fork;
     unsigned handshake_limit;   /* seconds, 0 = none */

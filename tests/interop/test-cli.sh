@@ -29,6 +29,9 @@ usage_errors() {
     expect_usage_error --max-inflight 0 "$img"
     expect_usage_error --max-handshakes 0 "$img"
     expect_usage_error --handshake-limit -1 "$img"
+    expect_usage_error --poll x "$img"
+    expect_usage_error --poll -1 "$img"
+    expect_usage_error --poll 1000001 "$img"
     expect_usage_error --discard=maybe "$img"
     expect_usage_error --log=nowhere "$img"
     expect_usage_error -o x "$img"
@@ -67,7 +70,7 @@ help_lists_options() {
     [ "$RC" = 0 ] || fail "--help: status $RC"
     for opt in --socket --unix --port --bind --export-name --description \
         --read-only --offset --format --persistent --shared --cache \
-        --nocache --aio --discard --threads --pin --handshake-limit \
+        --nocache --aio --discard --threads --pin --poll --handshake-limit \
         --max-handshakes --max-inflight --fork --pid-file --log --print-uri \
         --verbose --version --help \
         -k, -U, -p, -b, -x, -D, -r, -o, -f, -t, -e, -n, -v, -V, -h,; do
@@ -147,6 +150,22 @@ print(" ".join("%s=%d" % (e["export-name"] or "(default)", e["export-size"])
     srv_stop
 }
 
+# Polling off and at its greatest: the data goes both ways all the same.
+poll_values() {
+    local img=$T/poll.img p
+    for p in 0 1000000; do
+        rm -f "$T/poll.img" "$T/poll-out.img"
+        head -c 4M /dev/urandom >"$T/poll-in.img"
+        truncate -s 4M "$img"
+        srv_start unix "$img" -t --poll "$p" --threads 2
+        nbdcopy "$T/poll-in.img" "$SRV_URI" || fail "--poll $p: nbdcopy in"
+        nbdcopy "$SRV_URI" "$T/poll-out.img" || fail "--poll $p: nbdcopy out"
+        cmp -s "$T/poll-in.img" "$T/poll-out.img" ||
+            fail "--poll $p: the copy differs"
+        srv_stop
+    done
+}
+
 tap_case "usage errors: status 2, one line" usage_errors
 tap_case "start-up errors: status 1, one line naming the file" start_errors
 tap_case "--help lists every option" help_lists_options
@@ -155,4 +174,5 @@ tap_case "--print-uri is a URI nbdinfo accepts" print_uri
 tap_case "--print-uri without -b" print_uri_any_address
 tap_case "--print-uri with -p 0" print_uri_port_zero
 tap_case "several FILE arguments" several_files
+tap_case "--poll 0 and --poll 1000000 serve" poll_values
 tap_done

@@ -256,31 +256,45 @@ static void cross_cb(void *opaque)
     x->ran_on = gettid();
 }
 
-static void *schedule_later(void *opaque)
-{
-    CrossBH *x = opaque;
+typedef struct Later {
+    CrossBH *x;
+    int64_t delay_ns;
+} Later;
 
-    g_usleep(20000);
-    aio_bh_schedule(x->bh);
+static void *schedule_after(void *opaque)
+{
+    Later *l = opaque;
+
+    g_usleep(l->delay_ns / 1000);
+    aio_bh_schedule(l->x->bh);
     return NULL;
+}
+
+/* One blocking poll, woken by a BH another thread schedules after @ns. */
+static void poll_woken_after(CrossBH *x, int64_t ns)
+{
+    Later l = { x, ns };
+    int before = x->ran;
+    pthread_t th;
+
+    pthread_create(&th, NULL, schedule_after, &l);
+    while (x->ran == before) {
+        aio_poll(ctx, true);
+    }
+    pthread_join(th, NULL);
+    g_assert_cmpint(x->ran, ==, before + 1);
 }
 
 /* Scheduling from another thread wakes a loop blocked in aio_poll. */
 static void test_bh_cross_thread(void)
 {
     CrossBH x = { 0 };
-    pthread_t th;
     int i;
 
     setup();
     x.bh = aio_bh_new(ctx, cross_cb, &x, "cross", 0);
     for (i = 0; i < 20; i++) {
-        pthread_create(&th, NULL, schedule_later, &x);
-        while (x.ran == i) {
-            aio_poll(ctx, true);
-        }
-        pthread_join(th, NULL);
-        g_assert_cmpint(x.ran, ==, i + 1);
+        poll_woken_after(&x, 20000000);
         g_assert_cmpint(x.ran_on, ==, gettid());
     }
     aio_bh_delete(x.bh);
@@ -433,6 +447,85 @@ static void test_timer_heap(void)
     }
     g_assert_cmpint(fired, ==, N - (N + 2) / 3);
     g_free(t);
+    teardown();
+}
+
+/* ---- adaptive polling ------------------------------------------------------ */
+
+/* Grow the window to at least @ns: wake-ups just after it closes. */
+static void poll_grow_to(CrossBH *x, int64_t ns)
+{
+    int i;
+
+    for (i = 0; i < 40 && aio_context_poll_ns(ctx) < ns; i++) {
+        poll_woken_after(x, aio_context_poll_ns(ctx) * 3 / 2 + 1000000);
+    }
+    g_assert_cmpint(aio_context_poll_ns(ctx), >=, ns);
+}
+
+/*
+ * The window starts closed, grows while events come sooner than the bound,
+ * holds while polling catches them, follows a lowered bound, and closes
+ * again after waits longer than the bound.
+ */
+static void test_poll_adaptive(void)
+{
+    CrossBH x = { 0 };
+    int64_t last = 0;
+    int i;
+
+    setup();
+    x.bh = aio_bh_new(ctx, cross_cb, &x, "poll", 0);
+    g_assert_cmpint(aio_context_poll_ns(ctx), ==, 0);
+    poll_woken_after(&x, 2000000);
+    g_assert_cmpint(aio_context_poll_ns(ctx), ==, 0);   /* polling off */
+
+    aio_context_set_poll_max(ctx, 1000000000LL);
+    for (i = 0; i < 4; i++) {
+        poll_woken_after(&x, 1000000);
+        g_assert_cmpint(aio_context_poll_ns(ctx), >, last);
+        last = aio_context_poll_ns(ctx);
+    }
+    poll_grow_to(&x, 20000000);
+    last = aio_context_poll_ns(ctx);
+    poll_woken_after(&x, 1000000);          /* caught while polling */
+    g_assert_cmpint(aio_context_poll_ns(ctx), ==, last);
+
+    aio_context_set_poll_max(ctx, 100000);
+    for (i = 0; i < 12 && aio_context_poll_ns(ctx); i++) {
+        poll_woken_after(&x, 5000000);
+        g_assert_cmpint(aio_context_poll_ns(ctx), <=, 100000);
+    }
+    g_assert_cmpint(aio_context_poll_ns(ctx), ==, 0);
+    aio_context_set_poll_max(ctx, 0);
+    aio_bh_delete(x.bh);
+    drain();
+    teardown();
+}
+
+/* A timer fires on time, not when a long polling window closes. */
+static void test_poll_timer(void)
+{
+    CrossBH x = { 0 };
+    Log log = { .n = 0 };
+    TimerLog t = { .log = &log, .c = 't' };
+    int64_t start, window;
+
+    setup();
+    x.bh = aio_bh_new(ctx, cross_cb, &x, "poll", 0);
+    aio_context_set_poll_max(ctx, 10000000000LL);
+    poll_grow_to(&x, 200000000);
+    window = aio_context_poll_ns(ctx);
+    aio_timer_init(ctx, &t.t, timer_cb, &t);
+    start = clock_ns();
+    aio_timer_mod(&t.t, start + 5000000);
+    while (log.n < 1) {
+        aio_poll(ctx, true);
+    }
+    g_assert_cmpint(clock_ns() - start, >=, 5000000);
+    g_assert_cmpint(clock_ns() - start, <, window / 2);
+    aio_bh_delete(x.bh);
+    drain();
     teardown();
 }
 
@@ -883,6 +976,8 @@ int main(int argc, char **argv)
     g_test_add_func("/aio/bh/hammer", test_bh_hammer);
     g_test_add_func("/aio/timer/order", test_timers);
     g_test_add_func("/aio/timer/heap", test_timer_heap);
+    g_test_add_func("/aio/poll/adaptive", test_poll_adaptive);
+    g_test_add_func("/aio/poll/timer", test_poll_timer);
     g_test_add_func("/aio/fd/handler", test_fd_handler);
     g_test_add_func("/aio/cofd/backpressure", test_cofd);
     g_test_add_func("/aio/cofd/cancel", test_cofd_cancel);
