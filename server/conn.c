@@ -237,9 +237,17 @@ int coroutine_fn conn_read(Conn *c, void *buf, size_t len)
                 return ret;
             }
         }
-        /* Big payloads go straight to their buffer: no extra copy. */
+        /*
+         * Big payloads go straight to their buffer: no extra copy.  After
+         * one, the next header is read alone, so that the payload behind
+         * it does not pass through the buffer either.
+         */
         direct = len >= CONN_IN_SIZE / 2;
         want = direct ? len : CONN_IN_SIZE;
+        if (!direct && c->in_limit) {
+            want = MAX(c->in_limit, len);
+            c->in_limit = 0;
+        }
         r = c->tr->recv(c, direct ? dst : c->in, want);
         if (r > 0) {
             c->rd_drained = c->tr->short_read_drains && (size_t)r < want;
@@ -1094,6 +1102,9 @@ static void coroutine_fn conn_transmission(Conn *c)
             if (ret < 0) {
                 slot_put(c, r, 0);
                 break;
+            }
+            if (chk.payload >= CONN_IN_SIZE / 2) {
+                c->in_limit = hsize;    /* the next WRITE may be big too */
             }
         }
         c->nrequests++;

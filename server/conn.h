@@ -80,6 +80,8 @@ struct Conn {
     size_t in_start, in_end;
     int64_t recv_ns;                /* when the buffer was last filled */
     bool rd_drained;                /* last recv was short (see Transport) */
+    size_t in_limit;                /* if non-zero: the next buffered recv
+                                       takes no more (see conn_read()) */
 
     /* Negotiated state. */
     bool no_zeroes;
