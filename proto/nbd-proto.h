@@ -457,8 +457,11 @@ typedef struct NBDCheck {
  *   8. Range: offset + length beyond the export size (overflow-safe):
  *      NBD_ENOSPC for WRITE and WRITE_ZEROES, NBD_EINVAL otherwise.
  *   9. Alignment to min_block: offset and length of READ, WRITE, TRIM,
- *      WRITE_ZEROES, CACHE, and the offset of BLOCK_STATUS (whose
- *      length is only a hint the reply may round): NBD_EINVAL.
+ *      WRITE_ZEROES, CACHE and BLOCK_STATUS: NBD_EINVAL.  A
+ *      BLOCK_STATUS length may be unaligned only where it ends at the
+ *      end of the export: every descriptor must be a multiple of the
+ *      minimum block size, and with REQ_ONE none may be longer than the
+ *      request, so an unaligned length elsewhere has no valid reply.
  *      BLOCK_STATUS of length 0: NBD_EINVAL (a successful reply needs a
  *      nonzero extent no longer than the request with REQ_ONE).  Other
  *      zero-length requests are valid no-ops if the offset is in range

@@ -87,10 +87,12 @@ static uint32_t check_extent(uint16_t type, uint64_t offset, uint64_t length,
         return NBD_EINVAL;
     }
     if (type == NBD_CMD_BLOCK_STATUS) {
-        if (length == 0 || (offset & mask)) {
+        if (length == 0) {
             return NBD_EINVAL;
         }
-        return 0;
+        if (offset + length == s->size) {
+            length = 0;     /* an unaligned tail of the export is fine */
+        }
     }
     if ((offset | length) & mask) {
         return NBD_EINVAL;

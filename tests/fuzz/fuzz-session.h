@@ -58,7 +58,12 @@ static inline uint32_t ref_extent(uint16_t type, uint64_t off, uint64_t len,
                ? NBD_ENOSPC : NBD_EINVAL;
     }
     if (type == NBD_CMD_BLOCK_STATUS) {
-        return len == 0 || off % bs ? NBD_EINVAL : 0;
+        if (len == 0) {
+            return NBD_EINVAL;
+        }
+        /* Only a request reaching the end may end off a block. */
+        return off % bs || (len % bs && off + len != s->size)
+               ? NBD_EINVAL : 0;
     }
     return off % bs || len % bs ? NBD_EINVAL : 0;
 }

@@ -1623,6 +1623,12 @@ static void direct_io(const char *aio)
     expect_err(nbd_cache(h, 1, 0, 0), EINVAL, "cache of 1 byte");
     expect_err(nbd_block_status(h, min, min / 2, cb, 0), EINVAL,
                "block status at min / 2");
+    /* Descriptors must be whole blocks: so must the request. */
+    expect_err(nbd_block_status(h, 100, 0, cb, 0), EINVAL,
+               "block status of 100 bytes");
+    expect_err(nbd_block_status(h, min + 100, min, cb,
+                                LIBNBD_CMD_FLAG_REQ_ONE), EINVAL,
+               "block status of min + 100 bytes, REQ_ONE");
     check_read(h, 3 * min, 128 * KiB, 91, "data after the misaligned writes");
     close_nbd(h);
     srv_exits(s);

@@ -144,6 +144,11 @@ static const NBDSession s_ro_srv = {
               NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_DF | NBD_FLAG_SEND_CACHE,
     .read_only = true, .structured = true, .meta = 1,
 };
+/* An export of 612 bytes with 512-byte blocks: the last one is short. */
+static const NBDSession s_odd = {
+    .size = 612, .min_block = 512, .max_payload = 64 * KiB,
+    .tflags = ALL_SEND_FLAGS, .structured = true, .meta = 1,
+};
 /* Nothing negotiated or advertised; defaults for block sizes. */
 static const NBDSession s_plain = {
     .size = 1 * GiB, .tflags = NBD_FLAG_HAS_FLAGS,
@@ -362,10 +367,17 @@ static const CheckCase check_cases[] = {
     C(&s_sr, TR, 0, 0, 100, EINVAL_, 0),
     C(&s_sr, WZ, 0, 0, 100, EINVAL_, 0),
     C(&s_sr, CA, 0, 100, 512, EINVAL_, 0),
-    /* BLOCK_STATUS: the offset must be aligned, the length is a hint. */
+    /* BLOCK_STATUS: descriptors must be whole blocks, so the request
+     * must be too, except where it ends at the end of the export. */
     C(&s_sr, BS, 0, 100, 512, EINVAL_, 0),
-    C(&s_sr, BS, 0, 0, 100, 0, 0),
-    C(&s_sr, BS, 0, 512, 1, 0, 0),
+    C(&s_sr, BS, 0, 0, 100, EINVAL_, 0),
+    C(&s_sr, BS, ONE, 0, 100, EINVAL_, 0),
+    C(&s_sr, BS, 0, 512, 1, EINVAL_, 0),
+    C(&s_sr, BS, 0, 512, 1000, EINVAL_, 0),
+    C(&s_sr, BS, 0, 0, 1 * MiB, 0, 0),
+    C(&s_odd, BS, 0, 512, 100, 0, 0),
+    C(&s_odd, BS, ONE, 0, 612, 0, 0),
+    C(&s_odd, BS, 0, 0, 100, EINVAL_, 0),
     /* Minimum block 1 (or unset) accepts any alignment. */
     C(&s_plain, RD, 0, 1, 3, 0, 0),
     C(&s_plain, WR, 0, 7, 5, 0, 5),
@@ -493,8 +505,9 @@ static void test_bs_payload_check(void)
     } cases[] = {
         { &s_ext, 0, 4096, 0, 1, 0, 1 },
         { &s_ext, 4096, 8 * GiB, 0, 1, 0, 1 },
-        /* The effect length may be unaligned: it is a hint. */
-        { &s_ext, 0, 100, 0, 1, 0, 1 },
+        /* The effect length must be whole blocks, as without payload. */
+        { &s_ext, 0, 100, 0, 1, NBD_EINVAL, 0 },
+        { &s_ext, 4096, 4097, 0, 1, NBD_EINVAL, 0 },
         /* Duplicate, unknown, and unselected ids. */
         { &s_ext, 0, 4096, 0, 2, NBD_EINVAL, 0 },
         { &s_ext, 0, 4096, 2, 1, NBD_EINVAL, 0 },
