@@ -292,7 +292,13 @@ static int handle_option(Conn *c, HsOut *o, uint32_t opt, const uint8_t *data,
         return opt_info_go(c, o, opt, data, len);
 
     case NBD_OPT_STRUCTURED_REPLY:
-        if (c->structured || c->extended) {
+        if (c->extended) {
+            /* The spec's answer: going back to 32-bit headers is not on. */
+            out_error(o, opt, NBD_REP_ERR_EXT_HEADER_REQD,
+                      "extended headers are already on");
+            return HS_CONTINUE;
+        }
+        if (c->structured) {
             out_error(o, opt, NBD_REP_ERR_INVALID,
                       "structured replies are already on");
             return HS_CONTINUE;
