@@ -670,17 +670,37 @@ static void reply_ok(Conn *c, NBDReq *r)
     }
 }
 
-/* An operation failed with -errno @ret: log the real error, reply. */
-static void reply_io_error(Conn *c, NBDReq *r, int ret)
+/*
+ * An operation failed with -errno @ret: log the real error, reply.  A READ
+ * served in several pieces that knows which piece failed passes its start
+ * as @at (bytes before it were read); the reply is then an ERROR_OFFSET
+ * chunk.  Otherwise @at is UINT64_MAX.
+ */
+static void reply_io_error_at(Conn *c, NBDReq *r, int ret, uint64_t at)
 {
     char msg[128];
+    uint32_t err = nbd_errno_to_nbd(-ret);
 
     log_warn("%s: %s at offset %" PRIu64 " length %" PRIu64 " failed: %s",
              CONN_LOG(c), nbd_cmd_name(r->req.type), r->req.offset,
              r->req.length, g_strerror(-ret));
     snprintf(msg, sizeof(msg), "%s failed: %s", nbd_cmd_name(r->req.type),
              g_strerror(-ret));
-    reply_error(c, r, nbd_errno_to_nbd(-ret), msg);
+    if (at == UINT64_MAX || !c->structured) {
+        reply_error(c, r, err, msg);
+        return;
+    }
+    r->niov = 0;
+    r->hdr_used = 0;
+    r->err = err;
+    reply_hdr(r, nbd_chunk_error_offset_encode(r->hdr, c->extended, &r->req,
+                                               NBD_REPLY_FLAG_DONE, err, msg,
+                                               at));
+}
+
+static void reply_io_error(Conn *c, NBDReq *r, int ret)
+{
+    reply_io_error_at(c, r, ret, UINT64_MAX);
 }
 
 static void reply_status(Conn *c, NBDReq *r, long ret)
@@ -772,7 +792,8 @@ static void coroutine_fn do_read(Conn *c, NBDReq *r)
             iov.iov_len = ext[i].length;
             ret = export_co_preadv(e, &iov, 1, pos);
             if (ret < 0) {
-                reply_io_error(c, r, ret);
+                /* Several pieces: say which one failed. */
+                reply_io_error_at(c, r, ret, n > 1 ? pos : UINT64_MAX);
                 return;
             }
         }

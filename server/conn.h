@@ -13,6 +13,10 @@
 #define READ_MAX_SEGMENTS 8             /* data/hole chunks per READ */
 #define REQ_IOV_MAX (2 * READ_MAX_SEGMENTS + 2)
 
+/* An error reply is one chunk, written over any headers built before. */
+_Static_assert(REPLY_HDR_SIZE >= NBD_MAX_ERROR_CHUNK,
+               "an error chunk must fit a request's header buffer");
+
 typedef struct NBDReq NBDReq;
 
 /*

@@ -193,6 +193,7 @@ class Reply:
         self.chunks = chunks
         self.error = 0
         self.message = None
+        self.error_offset = None    # from an ERROR_OFFSET chunk
         self.data = None            # READ: the bytes read
         self.holes = []             # READ: (offset, size) of hole chunks
         self.data_chunks = []       # READ: (offset, length) of data chunks
@@ -620,6 +621,13 @@ class Client:
             raise ProtocolError("error chunk with error 0")
         r.error = r.error or err
         r.message = p[6:6 + msglen].decode("utf-8")
+        if extra:
+            (off,) = struct.unpack(">Q", p[6 + msglen:])
+            req = r.request
+            if not req.offset <= off < req.offset + req.length:
+                raise ProtocolError("error offset %d outside the request "
+                                    "%d+%d" % (off, req.offset, req.length))
+            r.error_offset = off
 
     def _decode_read(self, r, content):
         req = r.request

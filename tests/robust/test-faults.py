@@ -410,7 +410,8 @@ def counted_faults_across_connections():
 @test
 def read_error_between_holes():
     """A large READ served in several data chunks around a hole: an error
-    on the second data extent makes the whole reply one error chunk."""
+    on the second data extent makes the whole reply one ERROR_OFFSET chunk
+    naming the start of that extent (the bytes before it were read)."""
     use_binary(faults=True)
     faults = "preadv=EIO@%d+%d" % (2 * MiB + 4096, 4096)
     with Workdir() as w:
@@ -425,8 +426,14 @@ def read_error_between_holes():
             os.close(fd)
             r = c.read(0, 4 * MiB)
             check_eq(r.error, EIO, "READ over data, hole, faulty data")
-            check_eq([ch.type for ch in r.chunks], [TYPE_ERROR],
+            check_eq([ch.type for ch in r.chunks], [TYPE_ERROR_OFFSET],
                      "chunks of the failed READ")
+            check_eq(r.error_offset, 2 * MiB, "its error offset")
+            # With extended headers too.
+            with s.connect(extended=True) as ce:
+                r = ce.read(0, 4 * MiB)
+                check_eq((r.error, r.error_offset), (EIO, 2 * MiB),
+                         "the same READ with extended headers")
             r = c.read(0, 2 * MiB)
             check_eq(r.error, 0, "READ over data and hole only")
             check_eq(r.data, pattern(1, MiB) + bytes(MiB), "its data")
