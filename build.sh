@@ -20,7 +20,7 @@ libgnutls28-dev"
 TEST_PKGS="libnbd-dev libnbd-bin python3-libnbd qemu-utils fio gnutls-bin
 mandoc valgrind clang libclang-rt-14-dev systemd nbdkit nbd-client
 qemu-system-x86 busybox-static e2fsprogs xz-utils dpkg-dev libpixman-1-dev
-libfdt-dev zlib1g-dev curl"
+libfdt-dev zlib1g-dev curl strace"
 BENCH_PKGS="libnbd-bin qemu-utils nbdkit nbd-server fio util-linux"
 
 say() { printf '%s\n' "build.sh: $*" >&2; }

@@ -11,14 +11,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "co-common.h"
 
 #define MAX_RULES 16
+#define MAX_DELAY_MS 60000
 
 typedef struct FaultRule {
     FaultSite site;
-    int result;                 /* -errno or FAULT_SHORT */
+    int result;                 /* -errno or FAULT_SHORT; 0: a delay */
+    unsigned delay_ms;          /* a delay rule: sleep this long, go on */
     uint64_t offset, length;    /* length 0: any range */
     long remaining;             /* atomic; -1: unlimited */
 } FaultRule;
@@ -58,7 +61,7 @@ static void parse_rule(char *rule)
         bad(rule);
     }
     *eq = '\0';
-    for (i = 0; i < FAULT_NSITES && strcmp(rule, site_names[i]); i++) {
+    for (i = 0; i < FAULT_NSITES && strcmp(rule, site_names[i]) != 0; i++) {
     }
     if (i == FAULT_NSITES) {
         bad(rule);
@@ -79,8 +82,18 @@ static void parse_rule(char *rule)
     }
     if (!strcmp(err, "short")) {
         r->result = FAULT_SHORT;
+    } else if (!strncmp(err, "delay", 5)) {
+        char *end;
+        unsigned long ms = strtoul(err + 5, &end, 10);
+
+        if (end == err + 5 || *end || ms == 0 || ms > MAX_DELAY_MS) {
+            bad(err);
+        }
+        r->result = 0;
+        r->delay_ms = ms;
     } else {
-        for (i = 0; i < ARRAY_SIZE(errnos) && strcmp(err, errnos[i].name);
+        for (i = 0;
+             i < ARRAY_SIZE(errnos) && strcmp(err, errnos[i].name) != 0;
              i++) {
         }
         if (i == ARRAY_SIZE(errnos)) {
@@ -106,6 +119,15 @@ static void parse_env(void)
     }
     free(copy);
     fprintf(stderr, "rawnbd: fault injection: %s\n", env);
+}
+
+/* Sleep @ms milliseconds, signals or not. */
+static void sleep_ms(unsigned ms)
+{
+    struct timespec left = { ms / 1000, (long)(ms % 1000) * 1000000 };
+
+    while (nanosleep(&left, &left) < 0 && errno == EINTR) {
+    }
 }
 
 bool fault_armed(FaultSite site)
@@ -146,9 +168,18 @@ int fault_check(FaultSite site, uint64_t offset, uint64_t len)
                  !__atomic_compare_exchange_n(&r->remaining, &left, left - 1,
                                               true, __ATOMIC_RELAXED,
                                               __ATOMIC_RELAXED));
-        if (left != 0) {
-            return r->result;
+        if (left == 0) {
+            continue;
         }
+        if (r->delay_ms) {
+            /* errno is the caller's: keep it as it was. */
+            int saved = errno;
+
+            sleep_ms(r->delay_ms);
+            errno = saved;
+            continue;
+        }
+        return r->result;
     }
     return 0;
 }

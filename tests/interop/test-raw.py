@@ -1,18 +1,24 @@
 #!/usr/bin/python3
 """Handshake and compact-header corner cases no real client produces,
-sent over a raw socket (nbdraw) to the real rawnbd binary."""
+sent over a raw socket (nbdraw) to the real rawnbd binary; and, under
+strace, that replies to pipelined requests leave in batches."""
 
 import contextlib
 import os
+import re
+import shutil
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Server, Workdir, check_eq, make_image,  # noqa: E402
-                     pattern, run, test)
+from harness import (Server, Skip, Workdir, check_eq, diag,  # noqa: E402
+                     make_image, pattern, run, test)
 from nbdraw import *  # noqa: E402,F401,F403
 
 MiB = 1 << 20
@@ -528,6 +534,140 @@ def out_of_order_cookies():
         for ck, off in cookies.items():
             r = c.reply(ck)
             check_eq(r.data, data[off:off + 4096], "READ with cookie %x" % ck)
+
+
+# ---- replies in batches -------------------------------------------------
+
+SEND_CALLS = ("sendmsg", "sendmmsg", "sendto", "write", "writev",
+              "sendfile")
+
+
+def socket_fds(pid):
+    """The file descriptors of @pid that are sockets."""
+    fds = set()
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, name)).startswith(
+                    "socket:"):
+                fds.add(int(name))
+        except OSError:
+            pass
+    return fds
+
+
+def tracers(pid):
+    """TracerPid of each thread of @pid."""
+    out = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith("TracerPid:"):
+                        out.append(int(line.split()[1]))
+        except OSError:
+            pass
+    return out
+
+
+class SendTrace:
+    """strace -f on every thread of @pid, logging the calls that can send
+    on a socket.  stop() detaches and returns {fd: calls}.  Skips the test
+    when strace is missing or may not attach (no ptrace here)."""
+
+    def __init__(self, pid, log):
+        exe = shutil.which("strace")
+        if not exe:
+            raise Skip("strace is not installed")
+        self.log = log
+        self.proc = subprocess.Popen(
+            [exe, "-f", "-q", "-s", "0", "-e", "signal=none",
+             "-e", "trace=" + ",".join(SEND_CALLS), "-o", log,
+             "-p", str(pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not all(t == self.proc.pid for t in tracers(pid)):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                if "Operation not permitted" in err:
+                    raise Skip("ptrace is not permitted: " + err.strip())
+                raise AssertionError("strace exited with %d: %s"
+                                     % (self.proc.returncode, err))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("strace did not attach to every "
+                                     "thread of %d within 20 s" % pid)
+            time.sleep(0.02)
+
+    def stop(self):
+        """Detach (SIGINT to our strace only); count the calls per fd."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc.stderr.close()
+        calls = {}
+        start = re.compile(r"^(?:\d+\s+)?(%s)\((\d+)," % "|".join(SEND_CALLS))
+        with open(self.log) as f:
+            for line in f:
+                m = start.match(line)
+                if m:           # "<... resumed>" lines do not match
+                    fd = int(m.group(2))
+                    calls[fd] = calls.get(fd, 0) + 1
+        return calls
+
+
+def count_send_calls(s, c, w, requests):
+    """Send @requests in one write, read every reply only after that, and
+    return the number of system calls the server made to send them."""
+    socks = socket_fds(s.pid)
+    tracer = SendTrace(s.pid, w.file("strace-%d.log" % c.next_cookie))
+    try:
+        cookies = c.send_batch(requests)
+        replies = [c.reply(ck) for ck in cookies]
+    finally:
+        calls = tracer.stop()
+    on_sockets = sum(n for fd, n in calls.items() if fd in socks)
+    assert on_sockets > 0, \
+        "strace saw no send on the server's sockets %s: %r" % (socks, calls)
+    return replies, on_sockets
+
+
+@test
+def replies_sent_in_batches():
+    """256 requests sent in one write, their replies read only once all
+    are sent: the send bottom half must gather many replies into each
+    sendmsg (strace counts the server's send calls), not send each
+    reply with its own system call."""
+    n = 256
+    data = pattern(1, MiB)
+    with Workdir() as w, Server(image(w), "-t") as s:
+        with s.connect() as c:
+            check_eq(c.read(0, MiB).data, data, "READ of 1 MiB (page cache)")
+            offs = [(i * 4096 * 7) % MiB for i in range(n)]
+            replies, calls = count_send_calls(
+                s, c, w, [(CMD_READ, o, 4096, 0, b"") for o in offs])
+            for r, o in zip(replies, offs):
+                assert r.error == 0 and r.data == data[o:o + 4096], \
+                    "READ at %d: %r" % (o, r)
+            diag("%d structured READ replies of 4 KiB: %d send calls"
+                 % (n, calls))
+            assert calls <= n // 4, \
+                "%d send calls for %d READ replies: not batched" % (calls, n)
+        with s.connect(structured=False) as c:
+            block = pattern(2, 512)
+            replies, calls = count_send_calls(
+                s, c, w, [(CMD_WRITE, 2 * MiB + i * 512, 512, 0, block)
+                          for i in range(n)])
+            check_eq([r.error for r in replies], [0] * n, "WRITE errors")
+            diag("%d simple WRITE replies: %d send calls" % (n, calls))
+            assert calls <= n // 4, \
+                "%d send calls for %d WRITE replies: not batched" % (calls, n)
+            check_eq(c.read(2 * MiB, 512).data, block, "a WRITE read back")
 
 
 if __name__ == "__main__":

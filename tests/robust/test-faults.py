@@ -4,7 +4,9 @@ fault-injection build (RAWNBD_FAULTS, see coro/fault.h).  For each site
 and error, the request that meets the fault gets the right NBD error,
 requests in flight beside it at other offsets succeed and land, the
 connection carries on, and the server logs the real errno once for the
-failed request.  Skipped without a fault-injection build
+failed request.  A delay (preadv=delayMS) holds one READ in the backend
+to show that the requests behind it on the same connection are taken in
+and answered meanwhile.  Skipped without a fault-injection build
 (robustlib.use_binary looks for build-asan/ too).
 
 Every batch puts the faulty request first: the laio-submit site checks
@@ -15,12 +17,13 @@ import errno
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from robustlib import MiB, Skip, use_binary  # noqa: E402
-from harness import (Server, Workdir, check_eq, make_image,  # noqa: E402
-                     pattern, read_file, run, test)
+from harness import (Server, Workdir, check_eq, diag,  # noqa: E402
+                     make_image, pattern, read_file, run, test)
 from nbdraw import *  # noqa: E402,F401,F403
 
 SIZE = 8 * MiB
@@ -437,6 +440,92 @@ def read_error_between_holes():
             r = c.read(0, 2 * MiB)
             check_eq(r.error, 0, "READ over data and hole only")
             check_eq(r.data, pattern(1, MiB) + bytes(MiB), "its data")
+
+
+# ---- delays: pipelining --------------------------------------------------------------
+
+DELAY_MS = 600
+
+
+def drop_cache(path):
+    """Write back and drop @path's pages, so that no read of it can be
+    served from the page cache on the loop."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def pipelined_past_slow_read(*args):
+    """READ A meets a delay of DELAY_MS in the backend; READ B, WRITE C
+    and READ D, sent right after it on the same connection without
+    waiting, are answered while A still sleeps: every message of their
+    replies arrives before the first of A's, and all data is right."""
+    a_off, length = 3 * STEP, 64 * KiB
+    faults = "preadv=delay%d@%d+%d" % (DELAY_MS, a_off + 8192, 4096)
+    with Workdir() as w:
+        if args:
+            need_direct_io(w)
+        with FaultServer(w, faults, *args) as fs, fs.srv.connect() as c:
+            drop_cache(fs.path)
+            expected = pattern(1, SIZE)
+            wdata = pattern(40, length)
+            t0 = time.monotonic()
+            a = c.send_request(CMD_READ, a_off, length)
+            b = c.send_request(CMD_READ, 6 * STEP, length)
+            cw = c.send_request(CMD_WRITE, 5 * MiB, length, 0, wdata)
+            d = c.send_request(CMD_READ, 0, 4096)
+            names = {a: "READ A", b: "READ B", cw: "WRITE C", d: "READ D"}
+            arrival = []            # (cookie, seconds since t0) per message
+            done = set()
+            while len(done) < len(names):
+                m = c.read_message()
+                arrival.append((m.cookie, time.monotonic() - t0))
+                if m.done:
+                    done.add(m.cookie)
+            first_a = min(i for i, (ck, _) in enumerate(arrival) if ck == a)
+            order = [names[ck] for ck, _ in arrival]
+            for ck in (b, cw, d):
+                last = max(i for i, (k, _) in enumerate(arrival) if k == ck)
+                assert last < first_a, \
+                    "%s answered after READ A, which sleeps %d ms in " \
+                    "preadv: the requests behind it were not pipelined " \
+                    "(messages in order: %s)" % (names[ck], DELAY_MS, order)
+            a_time = arrival[first_a][1]
+            assert a_time >= DELAY_MS / 1000 * 0.9, \
+                "READ A answered after %.3f s: the %d ms delay was not " \
+                "applied (%s)" % (a_time, DELAY_MS, faults)
+            others = max(t for ck, t in arrival if ck != a)
+            diag("%s: B, C, D answered within %.3f s, A after %.3f s"
+                 % (" ".join(args) or "buffered", others, a_time))
+            ra, rb, rc, rd = (c.reply(ck) for ck in (a, b, cw, d))
+            check_eq(ra.error, 0, "READ A's error")
+            check_eq(ra.data == expected[a_off:a_off + length], True,
+                     "READ A's data")
+            check_eq(rb.error, 0, "READ B's error")
+            check_eq(rb.data == expected[6 * STEP:6 * STEP + length], True,
+                     "READ B's data")
+            check_eq(rc.error, 0, "WRITE C's error")
+            check_eq(rd.data == expected[:4096], True, "READ D's data")
+            check_eq(read_file(fs.path, 5 * MiB, length) == wdata, True,
+                     "WRITE C in the file")
+            check_eq(c.read(5 * MiB, length).data == wdata, True,
+                     "WRITE C read back")
+            check_eq(fs.failed_lines(), [], "failures logged")
+
+
+@test
+def pipelined_past_slow_read_buffered():
+    use_binary(faults=True)
+    pipelined_past_slow_read()
+
+
+@test
+def pipelined_past_slow_read_direct_threads():
+    use_binary(faults=True)
+    pipelined_past_slow_read("--cache=none", "--aio=threads")
 
 
 @test
