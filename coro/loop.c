@@ -16,6 +16,7 @@ typedef struct LoopThread {
     pthread_t thread;
     int cpu;                    /* -1: not pinned */
     bool stop;                  /* atomic */
+    AioBH *stop_bh;             /* wakes the loop to see `stop` */
 } LoopThread;
 
 struct AioLoops {
@@ -58,6 +59,18 @@ static int nth_cpu(unsigned i)
         }
     }
     return -1;
+}
+
+static void stop_bh(void *opaque)
+{
+    (void)opaque;
+}
+
+/* Free a loop's context, once its thread has ended (or never began). */
+static void loop_free(LoopThread *lt)
+{
+    aio_bh_delete(lt->stop_bh);
+    aio_context_free(lt->ctx);
 }
 
 static void *loop_thread(void *arg)
@@ -103,10 +116,12 @@ AioLoops *aio_loops_start(unsigned n, bool pin)
             err = errno;
             break;
         }
+        l->threads[i].stop_bh = aio_bh_new(l->threads[i].ctx, stop_bh,
+                                           NULL, "loop-stop", 0);
     }
     if (err) {
         while (i-- > 0) {
-            aio_context_free(l->threads[i].ctx);
+            loop_free(&l->threads[i]);
         }
         goto fail;
     }
@@ -128,7 +143,7 @@ AioLoops *aio_loops_start(unsigned n, bool pin)
 
         /* Contexts of threads that never started: free them here. */
         for (i = started; i < n; i++) {
-            aio_context_free(l->threads[i].ctx);
+            loop_free(&l->threads[i]);
         }
         aio_loops_stop(l);
         errno = err;
@@ -167,11 +182,21 @@ void aio_loops_stop(AioLoops *l)
 
     for (i = 0; i < l->n; i++) {
         atomic_store_seq(&l->threads[i].stop, true);
-        aio_notify(l->threads[i].ctx);
+        /*
+         * Not a bare aio_notify(): the loop may have read `stop` just
+         * before and not yet announced (notify_me) that it will sleep,
+         * and nothing in its poll timeout looks at `stop`.  A BH is
+         * work the loop does look for after announcing it, so either it
+         * sees the BH, or we see notify_me and write the eventfd (see
+         * "Waking a sleeping loop" in aio.c); the loop then checks `stop`
+         * again.  A loop that saw `stop` already may exit with the BH
+         * still queued: loop_free() deletes it.
+         */
+        aio_bh_schedule(l->threads[i].stop_bh);
     }
     for (i = 0; i < l->n; i++) {
         pthread_join(l->threads[i].thread, NULL);
-        aio_context_free(l->threads[i].ctx);
+        loop_free(&l->threads[i]);
     }
     free(l->threads);
     free(l);

@@ -960,6 +960,34 @@ static void test_loops_stop_drains(void)
     }
 }
 
+static void stop_race_cb(void *opaque)
+{
+    atomic_store_seq((int *)opaque, 1);
+}
+
+/*
+ * A stop that lands just as a loop finishes an iteration, between its
+ * check of the stop flag and its next sleep, must still end it.  (It
+ * used to hang in pthread_join within a few hundred rounds.)
+ */
+static void test_loops_stop_race(void)
+{
+    int round;
+
+    for (round = 0; round < 1000; round++) {
+        AioLoops *loops = aio_loops_start(1, false);
+        int ran = 0;
+
+        g_assert_nonnull(loops);
+        aio_bh_schedule_oneshot(aio_loops_get(loops, 0), stop_race_cb, &ran,
+                                "stop-race");
+        while (!atomic_load_seq(&ran)) {
+            /* Spin: stop right as the loop goes back to sleep. */
+        }
+        aio_loops_stop(loops);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -986,6 +1014,7 @@ int main(int argc, char **argv)
     g_test_add_func("/aio/co/wake-cross-thread", test_co_wake_cross_thread);
     g_test_add_func("/aio/loops/reschedule", test_loops_reschedule);
     g_test_add_func("/aio/loops/stop-drains", test_loops_stop_drains);
+    g_test_add_func("/aio/loops/stop-race", test_loops_stop_race);
     ret = g_test_run();
     co_pool_shutdown();
     return ret;
