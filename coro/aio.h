@@ -74,6 +74,14 @@ void aio_context_set_poll_max(AioContext *ctx, int64_t max_ns);
 /* The current polling window in ns (home thread; for tests). */
 int64_t aio_context_poll_ns(const AioContext *ctx);
 
+/*
+ * How long a blocking aio_poll() would sleep now, in ms (-1: until an fd
+ * or a notification wakes it): 0 with a non-idle BH queued, at most 10
+ * with only idle ones, else until the first timer.  O(1): no BH list is
+ * walked.  Home thread; for tests and diagnostics.
+ */
+int aio_context_timeout_ms(AioContext *ctx);
+
 /* ---- fd handlers ---------------------------------------------------- */
 
 enum {

@@ -223,6 +223,55 @@ static void test_bh_idle(void)
     teardown();
 }
 
+static void *schedule_from_thread(void *opaque)
+{
+    aio_bh_schedule(opaque);
+    return NULL;
+}
+
+/*
+ * The poll timeout follows what is queued, without walking the BHs: none
+ * (sleep until woken), idle only (a short nap), any non-idle one, from
+ * this thread or another (do not sleep), however many idle BHs exist.
+ */
+static void test_bh_timeout(void)
+{
+    enum { NIDLE = 1000 };
+    AioBH *idle[NIDLE], *busy;
+    pthread_t th;
+    int n = 0, i;
+
+    setup();
+    g_assert_cmpint(aio_context_timeout_ms(ctx), ==, -1);
+    for (i = 0; i < NIDLE; i++) {
+        idle[i] = aio_bh_new(ctx, oneshot_cb, &n, "idle", AIO_BH_IDLE);
+        aio_bh_schedule(idle[i]);
+    }
+    g_assert_cmpint(aio_context_timeout_ms(ctx), >, 0);
+    g_assert_cmpint(aio_context_timeout_ms(ctx), <=, 10);
+    busy = aio_bh_new(ctx, oneshot_cb, &n, "busy", 0);
+    aio_bh_schedule(busy);
+    g_assert_cmpint(aio_context_timeout_ms(ctx), ==, 0);
+    drain();
+    g_assert_cmpint(n, ==, NIDLE + 1);
+    g_assert_cmpint(aio_context_timeout_ms(ctx), ==, -1);
+
+    aio_bh_schedule(idle[0]);
+    g_assert_cmpint(pthread_create(&th, NULL, schedule_from_thread, busy),
+                    ==, 0);
+    g_assert_cmpint(pthread_join(th, NULL), ==, 0);
+    g_assert_cmpint(aio_context_timeout_ms(ctx), ==, 0);
+    drain();
+    g_assert_cmpint(n, ==, NIDLE + 3);
+    g_assert_cmpint(aio_context_timeout_ms(ctx), ==, -1);
+    for (i = 0; i < NIDLE; i++) {
+        aio_bh_delete(idle[i]);
+    }
+    aio_bh_delete(busy);
+    drain();
+    teardown();
+}
+
 /* A BH left scheduled is reported by name when the context is freed. */
 static void test_bh_leak_report(void)
 {
@@ -999,6 +1048,7 @@ int main(int argc, char **argv)
     g_test_add_func("/aio/bh/nested-slices", test_bh_nested_slices);
     g_test_add_func("/aio/bh/self-reschedule", test_bh_self_reschedule);
     g_test_add_func("/aio/bh/idle", test_bh_idle);
+    g_test_add_func("/aio/bh/timeout", test_bh_timeout);
     g_test_add_func("/aio/bh/leak-report", test_bh_leak_report);
     g_test_add_func("/aio/bh/cross-thread", test_bh_cross_thread);
     g_test_add_func("/aio/bh/hammer", test_bh_hammer);
