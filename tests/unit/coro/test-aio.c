@@ -457,45 +457,76 @@ static void test_timers(void)
     teardown();
 }
 
+typedef struct HeapTimer {
+    AioTimer t;
+    int64_t *last;              /* deadline of the timer that fired last */
+    int *fired;                 /* firings so far, all timers */
+    struct HeapTimer *all;      /* to delete others from a callback */
+    int n;
+    int count;                  /* times this one fired */
+    bool cancelled;             /* deleted by another's callback */
+} HeapTimer;
+
+static void heap_timer_cb(void *opaque)
+{
+    HeapTimer *h = opaque;
+
+    g_assert_cmpint(h->t.deadline, >=, *h->last);
+    *h->last = h->t.deadline;
+    (*h->fired)++;
+    h->count++;
+    /* Every 5th firing deletes a timer that may still be pending. */
+    if (*h->fired % 5 == 0) {
+        HeapTimer *victim = &h->all[(*h->fired * 7919) % h->n];
+
+        if (aio_timer_pending(&victim->t)) {
+            victim->cancelled = true;
+            aio_timer_del(&victim->t);
+        }
+    }
+}
+
+/*
+ * Many timers armed, re-armed and deleted in a scrambled order (also from
+ * callbacks) fire through the loop in deadline order, each pending one
+ * exactly once.
+ */
 static void test_timer_heap(void)
 {
     enum { N = 500 };
-    Log log = { .n = 0 };
-    TimerLog *t = g_new0(TimerLog, N);
-    int64_t now = clock_ns(), last = 0;
+    HeapTimer *h = g_new0(HeapTimer, N);
+    bool *armed = g_new0(bool, N);
+    int64_t now = clock_ns(), last = INT64_MIN;
     int i, fired = 0;
 
     setup();
     for (i = 0; i < N; i++) {
-        t[i].log = &log;
-        aio_timer_init(ctx, &t[i].t, NULL, NULL);
-        /* Pseudo-random deadlines in the past, some deleted again. */
-        aio_timer_mod(&t[i].t, now - 1000000000LL + (i * 7919) % 1000003);
+        h[i] = (HeapTimer) { .last = &last, .fired = &fired, .all = h,
+                             .n = N };
+        aio_timer_init(ctx, &h[i].t, heap_timer_cb, &h[i]);
+        /* Pseudo-random deadlines in the past. */
+        aio_timer_mod(&h[i].t, now - 1000000000LL + (i * 7919) % 1000003);
     }
     for (i = 0; i < N; i += 3) {
-        aio_timer_del(&t[i].t);
+        aio_timer_del(&h[i].t);
     }
-    /* Pop in order by hand: the heap must give non-decreasing deadlines. */
-    while (fired < N) {
-        int64_t min = INT64_MAX;
-        int best = -1, j;
-
-        for (j = 0; j < N; j++) {
-            if (aio_timer_pending(&t[j].t) && t[j].t.deadline < min) {
-                min = t[j].t.deadline;
-                best = j;
-            }
-        }
-        if (best < 0) {
-            break;
-        }
-        g_assert_cmpint(min, >=, last);
-        last = min;
-        aio_timer_del(&t[best].t);
-        fired++;
+    for (i = 1; i < N; i += 7) {
+        /* Re-armed (some after a delete): later or earlier than before. */
+        aio_timer_mod(&h[i].t, now - 1000000000LL + (i * 7919) % 1000003 +
+                               (i % 2 ? 7777 : -7777));
     }
-    g_assert_cmpint(fired, ==, N - (N + 2) / 3);
-    g_free(t);
+    for (i = 0; i < N; i++) {
+        armed[i] = aio_timer_pending(&h[i].t);
+    }
+    while (aio_poll(ctx, false)) {
+    }
+    for (i = 0; i < N; i++) {
+        g_assert_false(aio_timer_pending(&h[i].t));
+        g_assert_cmpint(h[i].count, ==, armed[i] && !h[i].cancelled);
+    }
+    g_assert_cmpint(fired, >, N / 2);
+    g_free(armed);
+    g_free(h);
     teardown();
 }
 
