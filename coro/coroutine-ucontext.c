@@ -6,7 +6,13 @@
  * left alone, so no system call happens per switch.  Since a pooled
  * coroutine's trampoline loops forever (see co_trampoline_main), the
  * ucontext work is done once per stack, not once per coroutine.
+ *
+ * _FORTIFY_SOURCE turns siglongjmp into a checked variant that refuses to
+ * jump to a frame on another stack ("longjmp causes uninitialized stack
+ * frame"), which is all this file does: it must be off here.
  */
+#undef _FORTIFY_SOURCE
+
 #include "config.h"
 #include "coroutine-int.h"
 
