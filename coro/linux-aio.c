@@ -13,10 +13,12 @@
 
 #include <errno.h>
 #include <libaio.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,10 +113,19 @@ void iov_memset_from(const struct iovec *iov, int iovcnt, size_t from)
 /* Did a read that returned @res bytes stop at the end of its file? */
 static bool read_reached_eof(const LaioReq *r, long res)
 {
+    int fd = r->iocb.aio_fildes;
+    uint64_t size;
     struct stat st;
 
-    return fstat(r->iocb.aio_fildes, &st) == 0 &&
-           r->iocb.u.v.offset + res >= st.st_size;
+    if (fstat(fd, &st) < 0) {
+        return false;
+    }
+    size = st.st_size;
+    /* A block device's st_size is 0: ask the device. */
+    if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0) {
+        return false;
+    }
+    return (uint64_t)r->iocb.u.v.offset + res >= size;
 }
 
 static void laio_complete(LinuxAioState *s, LaioReq *r, long res)
