@@ -16,9 +16,9 @@
  *        ^                          |
  *        +------- xchg(all) --------+   when length > CO_POOL_BATCH
  *
- * Bounds: the release list holds at most 2 * pool_max_size; a thread's
- * alloc_pool at most what it took plus pool_max_size; beyond that a finished
- * coroutine's stack is unmapped.  pool_max_size is CO_POOL_BATCH times the
+ * Bounds: the release list holds at most 2 * pool_max(); a thread's
+ * alloc_pool at most what it took plus pool_max(); beyond that a finished
+ * coroutine's stack is unmapped.  pool_max() is CO_POOL_BATCH times the
  * number of threads that have taken from the release list (at least one),
  * so the pool follows the number of allocating threads.  When such a thread
  * exits, its leftovers are freed and the bound shrinks again.
@@ -50,7 +50,7 @@ typedef struct CoThread {
     Coroutine *current;         /* NULL until the thread first enters */
     Coroutine *alloc_pool;
     unsigned alloc_pool_size;
-    bool registered;            /* counted in pool_max_size */
+    bool registered;            /* counted in pool_threads */
     bool exit_hook;             /* pool_thread_exit will run */
     CoAction action;            /* set by whoever switches to this thread */
     Coroutine *switch_from;     /* the context that switched last */
@@ -79,8 +79,7 @@ static __attribute__((noinline)) CoThread *co_thread(void)
 #define POOL_MAX_LIMIT 16384    /* 2 * limit must fit in 16 bits */
 
 static uint64_t release_head;
-static unsigned pool_threads;   /* threads counted in pool_max_size */
-static unsigned pool_max_size = CO_POOL_BATCH;
+static unsigned pool_threads;   /* threads that took from the release list */
 static unsigned long stacks_live;
 static unsigned long stacks_created;
 static pthread_key_t pool_key;
@@ -185,19 +184,30 @@ static void pool_arm_exit_hook(CoThread *t)
 }
 
 /*
- * Count this thread in pool_max_size and arrange for its leftovers to be
+ * The pool bound: CO_POOL_BATCH per thread that took from the release
+ * list (at least one batch), capped.  Derived from the count each time, so
+ * threads that come and go at once cannot leave a stale bound behind.
+ */
+static unsigned pool_max(void)
+{
+    unsigned n = atomic_read(&pool_threads);
+
+    if (n <= 1) {
+        return CO_POOL_BATCH;
+    }
+    return n < POOL_MAX_LIMIT / CO_POOL_BATCH ? n * CO_POOL_BATCH
+                                              : POOL_MAX_LIMIT;
+}
+
+/*
+ * Count this thread in pool_threads and arrange for its leftovers to be
  * freed when it exits.  Slow path: runs once per thread.
  */
 static void pool_register_thread(CoThread *t)
 {
-    unsigned n;
-
     pool_arm_exit_hook(t);
     t->registered = true;
-    n = atomic_fetch_add(&pool_threads, 1) + 1;
-    atomic_set(&pool_max_size,
-               n * CO_POOL_BATCH < POOL_MAX_LIMIT ? n * CO_POOL_BATCH
-                                                  : POOL_MAX_LIMIT);
+    atomic_fetch_add(&pool_threads, 1);
 }
 
 void co_pool_thread_cleanup(void)
@@ -211,13 +221,8 @@ void co_pool_thread_cleanup(void)
     }
     t->alloc_pool_size = 0;
     if (t->registered) {
-        unsigned n = atomic_fetch_sub(&pool_threads, 1) - 1;
-
         t->registered = false;
-        atomic_set(&pool_max_size,
-                   n > 1 ? (n * CO_POOL_BATCH < POOL_MAX_LIMIT
-                            ? n * CO_POOL_BATCH : POOL_MAX_LIMIT)
-                         : CO_POOL_BATCH);
+        atomic_fetch_sub(&pool_threads, 1);
     }
     if (t->exit_hook) {
         t->exit_hook = false;
@@ -259,7 +264,7 @@ static Coroutine *pool_refill(CoThread *t)
 /* A coroutine has terminated: give it back to the pool or unmap it. */
 static void pool_release(CoThread *t, Coroutine *co)
 {
-    unsigned max = atomic_read(&pool_max_size);
+    unsigned max = pool_max();
     uint64_t old, new;
 
     if (likely(((uintptr_t)co & ~RELEASE_PTR_MASK) == 0)) {
@@ -451,5 +456,5 @@ void co_pool_stats(CoPoolStats *st)
     st->stacks_live = atomic_read(&stacks_live);
     st->stacks_created = atomic_read(&stacks_created);
     st->release_size = RELEASE_LEN(atomic_read(&release_head));
-    st->max_size = atomic_read(&pool_max_size);
+    st->max_size = pool_max();
 }
