@@ -180,8 +180,12 @@ static inline bool aio_timer_pending(const AioTimer *t)
 void aio_co_enter(AioContext *ctx, Coroutine *co);
 
 /*
- * Resume @co at @ctx's next aio_poll(), from any thread.  @co must have
- * yielded (or be about to) and must not be scheduled twice.
+ * Resume @co at @ctx's next aio_poll(), from any thread.  @co must not be
+ * scheduled twice.  It must have yielded already, unless @ctx is the
+ * calling thread's own context and @co is about to yield on it (the
+ * poll that enters it cannot run before the yield); another thread's
+ * context could enter it before its registers are saved.  To move the
+ * running coroutine to another thread, use aio_co_reschedule_self().
  */
 void aio_co_schedule(AioContext *ctx, Coroutine *co);
 

@@ -5,7 +5,8 @@
  *
  * Prints ns per pooled coroutine create+enter+terminate, ns per
  * yield/enter pair, ns per BH schedule+poll with 1, 1000 and 100000 idle
- * BHs in existence, ns per aio_notify across threads, and 4 KiB random
+ * BHs in existence, ns per cross-thread BH round trip (two aio_notify
+ * wake-ups, with the loops sleeping and polling), and 4 KiB random
  * read IOPS through Linux AIO on one loop against a file opened with
  * O_DIRECT (created if --file is not given).
  */
@@ -21,6 +22,7 @@
 
 #include "coro/aio.h"
 #include "coro/linux-aio.h"
+#include "coro/loop.h"
 
 static double seconds = 0.5;
 static char *file_arg;
@@ -147,6 +149,81 @@ static void bench_bhs(void)
     while (aio_poll(b.ctx, false)) {
     }
     aio_context_free(b.ctx);
+}
+
+/* ---- cross-thread wake-ups ---------------------------------------------- */
+
+typedef struct PingPong {
+    AioContext *main_ctx;
+    AioBH *ping;                /* runs in the loop thread */
+    AioBH *pong;                /* runs in the main thread */
+    bool back;
+} PingPong;
+
+static void ping_cb(void *opaque)
+{
+    aio_bh_schedule(((PingPong *)opaque)->pong);
+}
+
+static void pong_cb(void *opaque)
+{
+    ((PingPong *)opaque)->back = true;
+}
+
+static void delete_bh(void *opaque)
+{
+    aio_bh_delete(opaque);
+}
+
+/* One round trip: a BH on the loop thread answers with a BH back here. */
+static void bench_ping_pong(void *arg, long n)
+{
+    PingPong *p = arg;
+    long i;
+
+    for (i = 0; i < n; i++) {
+        p->back = false;
+        aio_bh_schedule(p->ping);
+        while (!p->back) {
+            aio_poll(p->main_ctx, true);
+        }
+    }
+}
+
+/*
+ * A BH scheduled on another thread's loop and one scheduled back: two
+ * aio_notify() wake-ups per round trip, through the eventfd while the
+ * loops sleep, or caught by adaptive polling.
+ */
+static void bench_cross_thread(void)
+{
+    AioLoops *loops = aio_loops_start(1, true);
+    AioContext *loop_ctx;
+    PingPong p = { 0 };
+
+    if (!loops) {
+        perror("aio_loops_start");
+        return;
+    }
+    loop_ctx = aio_loops_get(loops, 0);
+    p.main_ctx = aio_context_new();
+    aio_context_set_current(p.main_ctx);
+    p.ping = aio_bh_new(loop_ctx, ping_cb, &p, "ping", 0);
+    p.pong = aio_bh_new(p.main_ctx, pong_cb, &p, "pong", 0);
+    report("cross-thread BH round trip, loops sleep",
+           ns_per_op(bench_ping_pong, &p));
+    aio_context_set_poll_max(loop_ctx, 100000);
+    aio_context_set_poll_max(p.main_ctx, 100000);
+    report("cross-thread BH round trip, 100 us polling",
+           ns_per_op(bench_ping_pong, &p));
+    aio_context_set_poll_max(loop_ctx, 0);
+    /* The ping BH belongs to the loop: delete it there. */
+    aio_bh_schedule_oneshot(loop_ctx, delete_bh, p.ping, "delete-ping");
+    aio_loops_stop(loops);
+    aio_bh_delete(p.pong);
+    while (aio_poll(p.main_ctx, false)) {
+    }
+    aio_context_free(p.main_ctx);
 }
 
 /* ---- AIO ------------------------------------------------------------- */
@@ -284,6 +361,7 @@ int main(int argc, char **argv)
     co_enter(co);
     report("yield+enter pair", ns_per_op(bench_yield, co));
     bench_bhs();
+    bench_cross_thread();
     bench_aio();
     return 0;
 }
