@@ -23,6 +23,7 @@
 #define HTTP_REQ_MAX 4096           /* bytes of the request kept */
 #define HTTP_HEAD_LIMIT (1 << 20)   /* longer heads: answer anyway */
 #define HTTP_IDLE_NS (5ll * 1000 * 1000 * 1000)
+#define HTTP_SEND_NS (30ll * 1000 * 1000 * 1000)
 
 /* One thread's stats for every export. */
 typedef struct ThreadStats {
@@ -262,12 +263,24 @@ void metrics_dump(void)
 
 /* ---- the endpoint --------------------------------------------------------- */
 
+/*
+ * One reader of the endpoint, driven by fd handlers on the main loop: it
+ * reads the request (http_read), then sends the reply as the socket takes
+ * it (http_write), then is closed.  @timer bounds both phases: the request
+ * must come within HTTP_IDLE_NS; the reply must keep moving (no stall of
+ * HTTP_IDLE_NS) and be out within HTTP_SEND_NS, so a reader that stops
+ * reading holds one reply's memory for a bounded time only.
+ */
 typedef struct HttpClient {
     int fd;
     AioHandler *h;
-    AioTimer idle;
+    AioTimer timer;
     GString *req;
     size_t seen;                /* bytes of the request read */
+    char *resp;                 /* the reply once built, else NULL */
+    size_t resp_len;
+    size_t resp_off;            /* bytes of it sent */
+    int64_t send_deadline;      /* clock_ns() by which it must be out */
     GList link;
 } HttpClient;
 
@@ -279,45 +292,69 @@ static char *metrics_unix_path;
 static void http_close(HttpClient *hc)
 {
     g_queue_unlink(&http_clients, &hc->link);
-    aio_timer_del(&hc->idle);
-    aio_fd_remove(hc->h);
+    aio_timer_del(&hc->timer);
+    if (hc->h) {
+        aio_fd_remove(hc->h);
+    }
     close(hc->fd);
     g_string_free(hc->req, TRUE);
+    g_free(hc->resp);
     g_free(hc);
+}
+
+/* Send what the socket takes; close once all is out or on an error. */
+static void http_write(void *opaque)
+{
+    HttpClient *hc = opaque;
+
+    while (hc->resp_off < hc->resp_len) {
+        ssize_t w = send(hc->fd, hc->resp + hc->resp_off,
+                         hc->resp_len - hc->resp_off, MSG_NOSIGNAL);
+
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0 && errno == EAGAIN) {
+            /* Full: wait for room, but not past the stall or the end. */
+            aio_timer_mod(&hc->timer, MIN(clock_ns() + HTTP_IDLE_NS,
+                                          hc->send_deadline));
+            return;
+        }
+        if (w <= 0) {
+            break;              /* the reader went away */
+        }
+        hc->resp_off += w;
+    }
+    http_close(hc);
 }
 
 static void http_respond(HttpClient *hc)
 {
     char *body = metrics_format();
-    char *resp;
-    size_t len, off = 0;
 
     if (g_str_has_prefix(hc->req->str, "GET") ||
         g_str_has_prefix(hc->req->str, "HEAD")) {
-        resp = g_strdup_printf("HTTP/1.1 200 OK\r\n"
-                               "Content-Type: text/plain; version=0.0.4\r\n"
-                               "Content-Length: %zu\r\n"
-                               "Connection: close\r\n\r\n%s",
-                               strlen(body),
-                               g_str_has_prefix(hc->req->str, "HEAD")
-                               ? "" : body);
+        hc->resp = g_strdup_printf("HTTP/1.1 200 OK\r\n"
+                                   "Content-Type: text/plain; "
+                                   "version=0.0.4\r\n"
+                                   "Content-Length: %zu\r\n"
+                                   "Connection: close\r\n\r\n%s",
+                                   strlen(body),
+                                   g_str_has_prefix(hc->req->str, "HEAD")
+                                   ? "" : body);
+        g_free(body);
     } else {
         /* Not HTTP (e.g. a bare socket reader): just the text. */
-        resp = g_strdup(body);
+        hc->resp = body;
     }
-    len = strlen(resp);
-    /* Small replies fit in the socket buffer; give up if they do not. */
-    while (off < len) {
-        ssize_t w = send(hc->fd, resp + off, len - off, MSG_NOSIGNAL);
-
-        if (w <= 0) {
-            break;
-        }
-        off += w;
+    hc->resp_len = strlen(hc->resp);
+    hc->send_deadline = clock_ns() + HTTP_SEND_NS;
+    /* Whatever else the reader sends is ignored from now on. */
+    if (aio_fd_set(hc->h, NULL, http_write) < 0) {
+        http_close(hc);
+        return;
     }
-    g_free(resp);
-    g_free(body);
-    http_close(hc);
+    http_write(hc);
 }
 
 static void http_read(void *opaque)
@@ -351,9 +388,21 @@ static void http_read(void *opaque)
     http_respond(hc);
 }
 
-static void http_idle(void *opaque)
+/*
+ * The timer: a reader silent for HTTP_IDLE_NS gets the reply anyway; one
+ * that stopped taking the reply is dropped with it unfinished.
+ */
+static void http_timeout(void *opaque)
 {
-    http_respond(opaque);
+    HttpClient *hc = opaque;
+
+    if (hc->resp) {
+        log_debug("metrics: reader stalled with %zu of %zu bytes sent: "
+                  "dropped", hc->resp_off, hc->resp_len);
+        http_close(hc);
+    } else {
+        http_respond(hc);
+    }
 }
 
 static void metrics_accept(void *opaque)
@@ -372,8 +421,8 @@ static void metrics_accept(void *opaque)
         hc->fd = fd;
         hc->req = g_string_new(NULL);
         hc->h = aio_fd_add(server.main_ctx, fd, http_read, NULL, hc, 0);
-        aio_timer_init(server.main_ctx, &hc->idle, http_idle, hc);
-        aio_timer_mod(&hc->idle, clock_ns() + HTTP_IDLE_NS);
+        aio_timer_init(server.main_ctx, &hc->timer, http_timeout, hc);
+        aio_timer_mod(&hc->timer, clock_ns() + HTTP_IDLE_NS);
         if (!hc->h) {
             http_close(hc);
         }

@@ -469,6 +469,88 @@ def long_request_answered():
                         "GET with %d bytes of headers: %r" % (pad, reply[:80])
 
 
+def many_exports(w, n=150):
+    """An image and --export options for @n exports of it: enough that
+    the metrics text (~3.4 KiB an export) outgrows a socket buffer."""
+    img = w.file("a.img")
+    make_image(img, MiB)
+    return img, ["--export=export-%03d=%s" % (i, img) for i in range(n)]
+
+
+def split_reply(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:])}
+    return lines[0], headers, body
+
+
+@test
+def big_reply_to_slow_reader():
+    """A reply larger than the socket buffer reaches a scraper that
+    starts reading late, whole: as many body bytes as Content-Length,
+    over the unix socket and TCP.  The NBD side is served meanwhile."""
+    with Workdir() as w:
+        img, args = many_exports(w)
+        msock = w.file("metrics.sock")
+        port = free_port()
+        with Server(img, "-t", "--metrics", msock, *args) as s, \
+                Server(img, "-t", "--metrics", "127.0.0.1:%d" % port,
+                       *args):
+            for addr in (msock, ("127.0.0.1", port)):
+                with connect(addr, timeout=20) as c:
+                    c.sendall(b"GET /metrics HTTP/1.1\r\n"
+                              b"Host: localhost\r\n\r\n")
+                    time.sleep(1.5)
+                    with s.connect() as n:
+                        check_eq(n.read(0, 4096).data, b"\0" * 4096,
+                                 "NBD read while a reply is pending")
+                    raw = read_all(c)
+                status, headers, body = split_reply(raw)
+                check_eq(status, "HTTP/1.1 200 OK", "status line")
+                length = int(headers["content-length"])
+                assert length > 400000, "only %d bytes of metrics" % length
+                check_eq(len(body), length, "body bytes received over %r "
+                         "(Content-Length)" % (addr,))
+                samples, _ = parse(body.decode())
+                check_eq(samples[("rawnbd_export_sessions_total",
+                                  (("export", "export-149"),))], 0,
+                         "the last export's series")
+
+
+@test
+def stalled_reader_dropped():
+    """A scraper that never reads its reply is dropped after about five
+    seconds without progress: it holds no memory for ever, and what it
+    finally reads is a cut-short reply and the end of the stream."""
+    with Workdir() as w:
+        img, args = many_exports(w)
+        msock = w.file("metrics.sock")
+        with Server(img, "-t", "--metrics", msock, *args) as s:
+            stalled = connect(msock, timeout=20)
+            stalled.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            time.sleep(0.5)
+            status, headers, body = http_get(msock)
+            check_eq(len(body), int(headers["content-length"]),
+                     "a second reader's body while one stalls")
+            time.sleep(6.5)
+            # Dropped: the rest never comes, only the end of the stream.
+            raw = read_all(stalled)
+            stalled.close()
+            _, headers, body = split_reply(raw)
+            assert len(body) < int(headers["content-length"]), \
+                "the stalled reader got the whole reply"
+            check_eq(Metrics(msock).get("rawnbd_connections_total"), 0,
+                     "metrics after a dropped reader")
+            assert s.running()
+            # One more stalled reader while the server stops: it must not
+            # delay the exit or leak its reply.
+            stalled = connect(msock, timeout=20)
+            stalled.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            time.sleep(0.3)
+        stalled.close()
+
+
 @test
 def labels_escaped():
     with Workdir() as w:
