@@ -396,7 +396,9 @@ char *listen_uri(void)
 {
     const ServerConfig *cfg = server.cfg;
     const char *name = server.exports[0].name;
-    const char *tls = cfg->tls == TLS_REQUIRE ? "s" : "";
+    /* nbds when the export named needs TLS: nothing else would reach it. */
+    const char *tls = cfg->tls == TLS_REQUIRE || server.exports[0].tls_only
+                      ? "s" : "";
     char *ename = g_uri_escape_string(name, NULL, FALSE);
     char *uri = NULL;
 

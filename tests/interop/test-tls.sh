@@ -141,9 +141,38 @@ tls_under_load() {
     srv_stop
 }
 
+# --print-uri names nbds when the export it names needs TLS: the default
+# export tls-only under --tls=on.  nbdinfo takes the printed URI as it is,
+# adding only its credentials, over the unix socket and over TCP.
+uri_of_tls_only_default() {
+    local img=$T/u.img
+    pki
+    mk_image "$img" 1M
+    srv_spawn -k "$T/u.sock" -t --tls=on --tls-certificates "$PKI/server" \
+        --export "disk=$img,tls-only" || fail "rawnbd did not start"
+    [ "$SRV_URI" = "nbds+unix:///disk?socket=$T/u.sock" ] ||
+        fail "--print-uri printed $SRV_URI"
+    [ "$(nbdinfo --size "$SRV_URI&tls-certificates=$PKI/client")" = 1048576 ] ||
+        fail "nbdinfo with the printed URI $SRV_URI"
+    srv_stop
+    srv_start tcp "$img" -t --tls=on --tls-certificates "$PKI/server" \
+        -x disk --export "other=$img,tls-only"
+    [ "$SRV_URI" = "nbd://127.0.0.1:$SRV_PORT/disk" ] ||
+        fail "--print-uri printed $SRV_URI for a plaintext default export"
+    srv_stop
+    srv_spawn -b 127.0.0.1 -p "$(free_port)" -t --tls=on \
+        --tls-certificates "$PKI/server" --export "disk=$img,tls-only" ||
+        fail "rawnbd did not start on TCP"
+    [[ $SRV_URI == nbds://127.0.0.1:*/disk ]] || fail "--print-uri printed $SRV_URI"
+    [ "$(nbdinfo --size "$SRV_URI?tls-certificates=$PKI/client")" = 1048576 ] ||
+        fail "nbdinfo with the printed URI $SRV_URI"
+    srv_stop
+}
+
 tap_case "TLS start-up errors" startup_errors
 tap_case "qemu-img over X.509 (unix, TCP)" qemu_x509
 tap_case "qemu-img over PSK" qemu_psk
 tap_case "nbdcopy both ways over X.509 and PSK" nbdcopy_both_ways
 tap_case "several TLS connections: nbdcopy, fio" tls_under_load
+tap_case "--print-uri: nbds for a tls-only default export" uri_of_tls_only_default
 tap_done
