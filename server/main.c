@@ -141,12 +141,20 @@ static void handled_signals(sigset_t *set)
     sigaddset(set, SIGUSR1);
 }
 
-/* From the start: signals wait (blocked) until the loop reads them. */
+/*
+ * Called right before the server makes its first socket: from then on the
+ * handled signals wait (blocked) until the main loop reads them from the
+ * signalfd, so that SIGTERM never kills a server that has made a socket
+ * file without removing it.  Until then they have their default effect,
+ * so that a start-up stuck (opening a FIFO, an NFS image) can be
+ * interrupted.  No thread exists yet; the loop threads, started later,
+ * block every signal themselves (aio_loops_start), and so do the threads
+ * they start.
+ */
 static void block_signals(void)
 {
     sigset_t set;
 
-    signal(SIGPIPE, SIG_IGN);
     handled_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
@@ -261,6 +269,35 @@ static int setup_failed(GError *err)
     return 1;
 }
 
+/*
+ * TLS off with TLS credentials or settings: they are not used, which
+ * is allowed (a script may switch TLS off with one option) but said once.
+ */
+static void warn_unused_tls_options(const ServerConfig *c)
+{
+    GString *opts;
+
+    if (c->tls != TLS_OFF || (!c->tls_certificates && !c->tls_psk &&
+                              !c->tls_priority && !c->tls_verify_peer)) {
+        return;
+    }
+    opts = g_string_new(NULL);
+    if (c->tls_certificates) {
+        g_string_append(opts, ", --tls-certificates");
+    }
+    if (c->tls_psk) {
+        g_string_append(opts, ", --tls-psk");
+    }
+    if (c->tls_verify_peer) {
+        g_string_append(opts, ", --tls-verify-peer");
+    }
+    if (c->tls_priority) {
+        g_string_append(opts, ", --tls-priority");
+    }
+    log_warn("TLS is off: ignoring %s", opts->str + 2);
+    g_string_free(opts, TRUE);
+}
+
 /* File scope, so that what it holds stays reachable on early exits. */
 static ServerConfig cfg;
 
@@ -270,10 +307,11 @@ int main(int argc, char **argv)
     char *uri;
     unsigned i;
 
-    block_signals();
+    signal(SIGPIPE, SIG_IGN);
     cli_parse(argc, argv, &cfg);
     server.cfg = &cfg;
     log_init(cfg.log_target);
+    warn_unused_tls_options(&cfg);
     raise_fd_limit();
 
     server.nexports = cfg.exports->len;
@@ -297,6 +335,7 @@ int main(int argc, char **argv)
     }
     aio_context_set_current(server.main_ctx);
     aio_timer_init(server.main_ctx, &grace_timer, grace_expired, NULL);
+    block_signals();
     if (!listen_start(server.main_ctx, &err)) {
         return setup_failed(err);
     }

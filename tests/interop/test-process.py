@@ -120,6 +120,49 @@ def sigint_and_sigterm_exit_zero():
 
 
 @test
+def signals_during_startup():
+    """Until the server listens, SIGTERM and SIGINT have their default
+    effect: a server stuck opening its image (a FIFO with no writer, for
+    -r) dies of the signal at once and leaves no socket behind."""
+    with Workdir() as w:
+        fifo = w.file("fifo")
+        os.mkfifo(fifo)
+        msock = w.file("metrics.sock")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            s = Server(fifo, "-r", "--metrics", msock, wait=False)
+            time.sleep(0.5)
+            assert s.running(), "exited before the signal: " + s.log_tail()
+            try:
+                with open("/proc/%d/wchan" % s.pid) as f:
+                    diag("%s waits in %s" % (sig.name, f.read()))
+            except OSError:
+                pass
+            s.proc.send_signal(sig)
+            rc = s.wait_exit(timeout=5)
+            check_eq(rc, -sig, "status after %s during start-up" % sig.name)
+            assert not os.path.exists(s.sock_path), "socket left behind"
+            assert not os.path.exists(msock), "metrics socket left behind"
+            check_eq(s.proc.stdout.read(), b"", "stdout")
+
+
+@test
+def handshake_limit_default():
+    """The default --handshake-limit is 10 s: a client that sends
+    nothing after the greeting is still connected at 6 s and gone by
+    12 s."""
+    with Workdir() as w, Server(image(w), "-t") as s:
+        t0 = time.monotonic()
+        silent = s.client()
+        silent.greeting()
+        time.sleep(6 - (time.monotonic() - t0))
+        assert silent.is_open(wait=0), "dropped before 6 s"
+        silent.wait_closed(timeout=12 - (time.monotonic() - t0))
+        took = time.monotonic() - t0
+        assert 9 <= took <= 12, "dropped after %.1f s" % took
+        silent.close()
+
+
+@test
 def sighup_ignored():
     with Workdir() as w, Server(image(w), "-t") as s:
         s.proc.send_signal(signal.SIGHUP)

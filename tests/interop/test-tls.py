@@ -16,11 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (Server, Workdir, check_eq, cpu_seconds,  # noqa: E402
-                     diag, libnbd as nbd, make_image, make_pki,
+from harness import (Server, Skip, Workdir, check_eq,  # noqa: E402
+                     cpu_seconds, diag, libnbd as nbd, make_image, make_pki,
                      need_libnbd, pattern, run, test)
 from nbdraw import *  # noqa: E402,F401,F403
 
@@ -163,6 +164,37 @@ def wrong_psk_refused():
 
 
 @test
+def psk_file_reread_per_handshake():
+    """The key file of --tls-psk is read again for every handshake: a
+    file replaced (renamed over the old one) takes effect without a
+    restart, for new sessions only.  While it is missing, handshakes
+    fail and the server lives on; once it is back, they succeed."""
+    with Workdir() as w:
+        keys = w.file("keys.psk")
+        shutil.copy(pki("psk", "keys.psk"), keys)
+        with Server(image(w), "-t", "--tls-psk", keys) as s:
+            old = nbd_connect(handle(psk="psk"), s)
+            check_read_write(old, 1, "the first key")
+            shutil.copy(pki("wrong-psk", "keys.psk"), keys + ".new")
+            os.rename(keys + ".new", keys)
+            new = nbd_connect(handle(psk="wrong-psk"), s)
+            check_eq(new.pread(4096, 8192), pattern(1, MiB)[8192:12288],
+                     "the replacement key")
+            expect_refused(handle(psk="psk"), s, "the replaced key")
+            check_eq(old.pread(4096, 8192), pattern(1, MiB)[8192:12288],
+                     "a session made with the replaced key")
+            old.shutdown()
+            os.unlink(keys)
+            expect_refused(handle(psk="wrong-psk"), s, "no key file")
+            s.wait_log(r"TLS handshake failed: .*key file")
+            shutil.copy(pki("psk", "keys.psk"), keys)
+            h = nbd_connect(handle(psk="psk"), s)
+            check_read_write(h, 1, "the key file back")
+            h.shutdown()
+            new.shutdown()
+
+
+@test
 def verify_peer():
     """--tls-verify-peer: a certificate from the CA is needed; none, or
     one from another CA, is refused; PSK clients are not asked."""
@@ -227,6 +259,56 @@ def priority_string_replaces_default():
             c.handshake()
             check_eq(c.starttls(ssl_context()), REP_ACK, "STARTTLS")
             check_eq(c.sock.version(), "TLSv1.2", "protocol version")
+
+
+def tls_version_context(version):
+    """A client context that offers @version (an ssl.TLSVersion) only;
+    TLS 1.1 needs OpenSSL's security level 0 to be offered at all."""
+    ctx = ssl_context()
+    with warnings.catch_warnings():     # "TLSv1_1 is deprecated": we know
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def try_version(s, version):
+    """The version of a session from STARTTLS with only @version offered,
+    or None when the handshake fails."""
+    with s.client() as c:
+        c.handshake()
+        try:
+            check_eq(c.starttls(tls_version_context(version)), REP_ACK,
+                     "STARTTLS")
+        except ssl.SSLError as e:
+            diag("%s: %s" % (version.name, e))
+            return None
+        return c.sock.version()
+
+
+@test
+def default_priority_versions():
+    """The default priority string accepts TLS 1.3 and 1.2 and refuses
+    TLS 1.1 (checked against a server told to accept it, so that a
+    client unable to offer 1.1 cannot pass for a refusal)."""
+    with Workdir() as w:
+        img = image(w)
+        with Server(img, *certs_args()) as s:
+            check_eq(try_version(s, ssl.TLSVersion.TLSv1_3), "TLSv1.3",
+                     "TLS 1.3 session")
+            check_eq(try_version(s, ssl.TLSVersion.TLSv1_2), "TLSv1.2",
+                     "TLS 1.2 session")
+            refused = try_version(s, ssl.TLSVersion.TLSv1_1) is None
+            if refused:
+                s.wait_log(r"TLS handshake failed")
+        with Server(img, *certs_args("--tls-priority",
+                                     "NORMAL:-VERS-ALL:+VERS-TLS1.1")) as s:
+            control = try_version(s, ssl.TLSVersion.TLSv1_1)
+        if control != "TLSv1.1":
+            raise Skip("this client and server cannot make a TLS 1.1 "
+                       "session at all")
+        assert refused, "a TLS 1.1 session under the default priority"
 
 
 @test
@@ -328,6 +410,55 @@ def tls_on_serves_both():
         h.shutdown()
         with s.connect() as c:
             check_eq(c.read(0, 4096).data, pattern(1, 4096), "raw plaintext")
+
+
+def logged_warnings(s):
+    return [ln for ln in s.log_text().splitlines() if "warning" in ln]
+
+
+@test
+def tls_off_ignores_credentials():
+    """--tls=off with credentials: one warning at start-up naming what is
+    ignored; plaintext served; STARTTLS refused with ERR_POLICY, after
+    which the client may go on in plaintext.  The credentials are not
+    even read (a directory that does not exist is fine)."""
+    with Workdir() as w:
+        img = image(w)
+        with Server(img, "--tls=off", *certs_args(
+                "--tls-psk", pki("psk", "keys.psk"))) as s:
+            check_eq(s.uri, "nbd+unix:///?socket=%s" % s.sock_path,
+                     "--print-uri under --tls=off")
+            # Written before the URI, so already in the log.
+            check_eq(logged_warnings(s),
+                     ["rawnbd: warning: TLS is off: ignoring "
+                      "--tls-certificates, --tls-psk"], "warnings logged")
+            with s.client() as c:
+                c.handshake()
+                check_eq(c.option_final(OPT_STARTTLS), REP_ERR_POLICY,
+                         "STARTTLS under --tls=off")
+                c.connect_export(greet=False)
+                check_eq(c.read(0, 4096).data, pattern(1, 4096),
+                         "plaintext read after a refused STARTTLS")
+            if nbd is not None:
+                expect_refused(handle(certs="client"), s, "libnbd "
+                               "requiring TLS")
+                h = nbd_connect(handle(certs="client", tls=nbd.TLS_ALLOW), s)
+                assert not h.get_tls_negotiated(), "TLS negotiated"
+                check_read_write(h, 1, "libnbd allowing TLS")
+                h.shutdown()
+        with Server(img, "-t", "--tls=off", "--tls-certificates",
+                    w.file("none"), "--tls-verify-peer",
+                    "--tls-priority", "BOGUS") as s:
+            check_eq(logged_warnings(s),
+                     ["rawnbd: warning: TLS is off: ignoring "
+                      "--tls-certificates, --tls-verify-peer, "
+                      "--tls-priority"], "warnings logged")
+            with s.connect() as c:
+                check_eq(c.read(0, 4096).data, pattern(1, 4096), "read")
+        with Server(img, "-t", "--tls=off") as s:
+            with s.connect() as c:
+                c.read(0, 4096)
+            check_eq(logged_warnings(s), [], "warnings without credentials")
 
 
 @test
