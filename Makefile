@@ -19,4 +19,4 @@ fuzz:
 	./build.sh fuzz $(FUZZ_SECONDS)
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-ucontext

@@ -108,6 +108,12 @@ check)
         TSAN_OPTIONS=halt_on_error=1 \
             meson test -C build-tsan --print-errorlogs --num-processes 2 \
             --suite coro
+        # The portable coroutine backend, built as distributions build
+        # (with _FORTIFY_SOURCE, which checks every longjmp).
+        CFLAGS="${CFLAGS:-} -D_FORTIFY_SOURCE=2" meson_build build-ucontext \
+            -Dcoroutine_backend=ucontext
+        meson test -C build-ucontext --print-errorlogs --num-processes 2 \
+            --suite coro
     fi
     say "all tests passed"
     ;;
