@@ -16,6 +16,8 @@ only the first request of a batch handed to io_submit (coro/linux-aio.c).
 import errno
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 
@@ -595,15 +597,47 @@ def laio_submit_eagain_retried():
 
 @test
 def laio_read_short_continues():
-    """A Linux-AIO read that returns less than asked must be continued
-    (or fail), like the worker threads' reads: here it is read as
-    zeroes past the short count (coro/linux-aio.c, laio_complete)."""
+    """A Linux-AIO read that returns less than asked, short of the end of
+    the file, must be continued (or fail), like the worker threads'
+    reads, not padded with zeroes (coro/linux-aio.c, laio_complete)."""
     use_binary(faults=True)
     with Workdir() as w:
         need_direct_io(w)
     faults = "laio-read=short@%d+%d" % (FAULT_AT, FAULT_LEN)
     fs = read_fault(faults, 0, 64 * KiB, *NATIVE)
     check_eq(fs.failed_lines(), [], "failures logged")
+
+
+@test
+def laio_read_short_block_device():
+    """The same on a block device (a loop device), whose st_size is 0: a
+    read cut short is not taken for the end of the device and padded."""
+    use_binary(faults=True)
+    if os.geteuid() != 0 or not shutil.which("losetup"):
+        raise Skip("needs root and losetup for a loop device")
+    with Workdir() as w:
+        backing = w.file("backing.img")
+        make_image(backing, SIZE, [(0, pattern(1, SIZE))])
+        r = subprocess.run(["losetup", "--find", "--show", backing],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Skip("no loop device: %s" % r.stderr.strip())
+        dev = r.stdout.strip()
+        try:
+            faults = "laio-read=short@%d+%d" % (FAULT_AT, FAULT_LEN)
+            offsets = batch_offsets()
+            with Server(dev, "-t", *NATIVE,
+                        env={"RAWNBD_FAULTS": faults}) as s, \
+                    s.connect() as c:
+                replies = batch(c, [(CMD_READ, o, 64 * KiB, 0, b"")
+                                    for o in offsets])
+                expected = pattern(1, SIZE)
+                for rep, off in zip(replies, offsets):
+                    check_eq(rep.error, 0, "READ at %d" % off)
+                    assert rep.data == expected[off:off + 64 * KiB], \
+                        "READ at %d of the device: wrong data" % off
+        finally:
+            subprocess.run(["losetup", "-d", dev], check=False)
 
 
 @test
