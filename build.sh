@@ -97,13 +97,13 @@ check)
     meson_build build -Dtests=true
     meson test -C build --print-errorlogs --num-processes 2
     if [ "${RAWNBD_SKIP_SANITIZERS:-0}" != 1 ]; then
-        # The VM and the other projects' suites ran above; here the
+        # The VM, the other projects' suites and lint ran above; here the
         # unit, fuzz-replay and interop tests run again under sanitizers.
         meson_build build-asan -Db_sanitize=address,undefined \
             -Db_lundef=false -Dfault_injection=true
         ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 \
             meson test -C build-asan --print-errorlogs --num-processes 2 \
-            --no-suite vm --no-suite external --no-suite slow
+            --no-suite vm --no-suite external --no-suite slow --no-suite lint
         meson_build build-tsan -Db_sanitize=thread -Db_lundef=false
         TSAN_OPTIONS=halt_on_error=1 \
             meson test -C build-tsan --print-errorlogs --num-processes 2 \
