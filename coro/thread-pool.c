@@ -38,9 +38,9 @@ struct ThreadPoolCtx {
     unsigned active;            /* atomic: workers that may still touch us */
 };
 
-static GThreadPool *pool;
-static int pool_max_threads = 64;
-static GOnce pool_once = G_ONCE_INIT;
+/* One GThreadPool per PoolKind, made on first use (g_once holds it). */
+static int pool_max_threads[POOL_NKINDS] = { 64, 2 };
+static GOnce pool_once[POOL_NKINDS] = { G_ONCE_INIT, G_ONCE_INIT };
 
 static void worker(gpointer data, gpointer user_data)
 {
@@ -66,10 +66,11 @@ static void worker(gpointer data, gpointer user_data)
     atomic_fetch_sub(&tp->active, 1);
 }
 
-static gpointer pool_create(gpointer unused)
+static gpointer pool_create(gpointer opaque)
 {
+    PoolKind kind = GPOINTER_TO_INT(opaque);
     GError *err = NULL;
-    GThreadPool *p = g_thread_pool_new(worker, NULL, pool_max_threads,
+    GThreadPool *p = g_thread_pool_new(worker, NULL, pool_max_threads[kind],
                                        FALSE, &err);
 
     if (!p) {
@@ -79,9 +80,9 @@ static gpointer pool_create(gpointer unused)
     return p;
 }
 
-void thread_pool_set_max_threads(int n)
+void thread_pool_set_max_threads(PoolKind kind, int n)
 {
-    pool_max_threads = n;
+    pool_max_threads[kind] = n;
 }
 
 static void done_bh(void *opaque)
@@ -126,8 +127,10 @@ void thread_pool_ctx_cleanup(ThreadPoolCtx *tp)
     g_free(tp);
 }
 
-long coroutine_fn thread_pool_co_run(ThreadPoolFunc *func, void *opaque)
+long coroutine_fn thread_pool_co_run(PoolKind kind, ThreadPoolFunc *func,
+                                     void *opaque)
 {
+    GThreadPool *pool;
     AioContext *ctx = aio_current();
     ThreadPoolReq req = {
         .func = func,
@@ -140,7 +143,7 @@ long coroutine_fn thread_pool_co_run(ThreadPoolFunc *func, void *opaque)
         abort();
     }
     req.tp = pool_ctx(ctx);
-    pool = g_once(&pool_once, pool_create, NULL);
+    pool = g_once(&pool_once[kind], pool_create, GINT_TO_POINTER(kind));
     /* The context must outlive the request. */
     aio_context_ref(ctx);
     atomic_fetch_add(&req.tp->active, 1);
@@ -301,28 +304,29 @@ ssize_t coroutine_fn pool_co_preadv(int fd, const struct iovec *iov,
 {
     FileOp op = { .fd = fd, .iov = iov, .iovcnt = iovcnt, .offset = offset };
 
-    return thread_pool_co_run(do_preadv, &op);
+    return thread_pool_co_run(POOL_WIDE, do_preadv, &op);
 }
 
-ssize_t coroutine_fn pool_co_pwritev(int fd, const struct iovec *iov,
-                                     int iovcnt, off_t offset, int rw_flags)
+ssize_t coroutine_fn pool_co_pwritev(PoolKind kind, int fd,
+                                     const struct iovec *iov, int iovcnt,
+                                     off_t offset, int rw_flags)
 {
     FileOp op = { .fd = fd, .iov = iov, .iovcnt = iovcnt, .offset = offset,
                   .rw_flags = rw_flags };
 
-    return thread_pool_co_run(do_pwritev, &op);
+    return thread_pool_co_run(kind, do_pwritev, &op);
 }
 
 int coroutine_fn pool_co_fdatasync(int fd)
 {
     FileOp op = { .fd = fd };
 
-    return thread_pool_co_run(do_fdatasync, &op);
+    return thread_pool_co_run(POOL_WIDE, do_fdatasync, &op);
 }
 
 int coroutine_fn pool_co_fallocate(int fd, int mode, off_t offset, off_t len)
 {
     FileOp op = { .fd = fd, .mode = mode, .offset = offset, .len = len };
 
-    return thread_pool_co_run(do_fallocate, &op);
+    return thread_pool_co_run(POOL_WIDE, do_fallocate, &op);
 }

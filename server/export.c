@@ -311,7 +311,7 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
     int rwf = fua || e->sync_writes ? RWF_DSYNC : 0;
 
     if (unlikely(e->direct && !dio_aligned(e, iov, n, pos))) {
-        return pool_co_pwritev(e->fd_buffered, iov, n, pos, rwf);
+        return pool_co_pwritev(POOL_WIDE, e->fd_buffered, iov, n, pos, rwf);
     }
     if (e->native_aio) {
         LinuxAioState *s = laio_get(aio_current());
@@ -324,7 +324,12 @@ ssize_t coroutine_fn export_co_pwritev(Export *e, struct iovec *iov, int n,
         clock_ns() >= atomic_read(&e->pool_writes_until)) {
         return write_inline(e, iov, n, pos);
     }
-    return pool_co_pwritev(e->fd, iov, n, pos, rwf);
+    /*
+     * A write that waits for the device (O_DIRECT, FUA) gains from company;
+     * buffered ones only queue for the inode lock: see POOL_NARROW.
+     */
+    return pool_co_pwritev(e->direct || rwf ? POOL_WIDE : POOL_NARROW,
+                           e->fd, iov, n, pos, rwf);
 }
 
 int coroutine_fn export_co_flush(Export *e)

@@ -322,6 +322,8 @@ int main(int argc, char **argv)
             return setup_failed(err);
         }
     }
+    /* Buffered writes queue per file (its inode lock): a few per image. */
+    thread_pool_set_max_threads(POOL_NARROW, CLAMP(2 * server.nexports, 2, 16));
 
     if (!tls_init(&cfg, &err)) {
         return setup_failed(err);

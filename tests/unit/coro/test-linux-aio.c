@@ -480,7 +480,7 @@ static void pool_co(void *opaque)
     struct stat st;
     bool ok = true;
 
-    ok &= pool_co_pwritev(p->wfd, wv, 2, 0, RWF_DSYNC) == 3 * BLK;
+    ok &= pool_co_pwritev(POOL_WIDE, p->wfd, wv, 2, 0, RWF_DSYNC) == 3 * BLK;
     ok &= pool_co_fdatasync(p->wfd) == 0;
     ok &= pool_co_preadv(p->wfd, &rv, 1, 0) == 3 * BLK;
     ok &= memcmp(wbuf, rbuf, 3 * BLK) == 0;
