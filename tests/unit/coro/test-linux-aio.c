@@ -528,6 +528,79 @@ static void test_thread_pool(void)
     ctx = NULL;
 }
 
+/*
+ * Each kind of pool runs at most its own number of calls at once: the
+ * narrow one as many as it was given, the wide one more.
+ */
+enum { BOUND_CALLS = 16, NARROW_MAX = 2 };
+
+typedef struct BoundState {
+    GMutex lock;
+    int running;
+    int most;
+    int done;
+} BoundState;
+
+static long bound_call(void *opaque)
+{
+    BoundState *b = opaque;
+
+    g_mutex_lock(&b->lock);
+    b->running++;
+    b->most = MAX(b->most, b->running);
+    g_mutex_unlock(&b->lock);
+    g_usleep(20 * 1000);
+    g_mutex_lock(&b->lock);
+    b->running--;
+    g_mutex_unlock(&b->lock);
+    return 7;
+}
+
+typedef struct BoundJob {
+    BoundState *state;
+    PoolKind kind;
+} BoundJob;
+
+static void bound_co(void *opaque)
+{
+    BoundJob *j = opaque;
+    long r = thread_pool_co_run(j->kind, bound_call, j->state);
+
+    g_assert_cmpint(r, ==, 7);
+    j->state->done++;           /* the loop's thread: no lock needed */
+}
+
+static int pool_most_at_once(PoolKind kind)
+{
+    BoundState b = { .running = 0 };
+    BoundJob jobs[BOUND_CALLS];
+    int i;
+
+    g_mutex_init(&b.lock);
+    for (i = 0; i < BOUND_CALLS; i++) {
+        jobs[i] = (BoundJob) { .state = &b, .kind = kind };
+        aio_co_enter(ctx, co_create(bound_co, &jobs[i]));
+    }
+    while (b.done < BOUND_CALLS) {
+        aio_poll(ctx, true);
+    }
+    g_mutex_clear(&b.lock);
+    return b.most;
+}
+
+static void test_pool_kinds(void)
+{
+    ctx = aio_context_new();
+    aio_context_set_current(ctx);
+    thread_pool_set_max_threads(POOL_NARROW, NARROW_MAX);
+    g_assert_cmpint(pool_most_at_once(POOL_NARROW), ==, NARROW_MAX);
+    g_assert_cmpint(pool_most_at_once(POOL_WIDE), >, NARROW_MAX);
+    while (aio_poll(ctx, false)) {
+    }
+    aio_context_free(ctx);
+    ctx = NULL;
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -542,6 +615,7 @@ int main(int argc, char **argv)
     g_test_add_func("/linux-aio/eagain-retried", test_eagain_retried);
     g_test_add_func("/linux-aio/nowait-buffered", test_nowait_buffered);
     g_test_add_func("/thread-pool/file-ops", test_thread_pool);
+    g_test_add_func("/thread-pool/kinds-bounded", test_pool_kinds);
     ret = g_test_run();
     co_pool_shutdown();
     return ret;
